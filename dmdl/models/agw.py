@@ -1,0 +1,418 @@
+"""One-stream AGW backbone used by DMDL (algorithm.md §A2).
+
+AGW: Ye et al., "Deep Learning for Person Re-identification: A Survey and
+Outlook", TPAMI 2021. The model is a torchvision ResNet with the last stage at
+stride 1, non-local blocks (Wang et al., CVPR 2018) inside layer2/layer3, GeM
+pooling with a fixed p = 3 (Radenović et al., TPAMI 2018) and a BatchNorm
+neck whose bias is frozen. All weights are shared by the two modalities: the
+trainer concatenates the RGB and IR batches and runs them in one forward.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Tuple, Union
+from urllib.parse import urlparse
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor
+
+from .layers import GeM, NonLocalBlock
+
+__all__ = ["AGW", "LoadReport", "build_model", "load_pretrained", "ARCHS"]
+
+# Per architecture: torchvision constructor name, weights enum name, feature
+# dim, and the 0-based residual-block indices after which a non-local block is
+# inserted, per stage.
+#
+# ResNet-34/50/101 follow AGW's rule: 2 non-local blocks after the last two
+# blocks of layer2 and 3 after the last three blocks of layer3 (ResNet-50:
+# layer2 blocks 2, 3 and layer3 blocks 3, 4, 5). ResNet-18 has only two
+# blocks per stage, so it gets one non-local block after the last block of
+# layer2 and one after the last block of layer3 (our choice, not from AGW).
+ARCHS: Dict[str, Dict[str, Any]] = {
+    "resnet18": dict(
+        weights="ResNet18_Weights",
+        feat_dim=512,
+        non_local={"layer2": (1,), "layer3": (1,)},
+    ),
+    "resnet34": dict(
+        weights="ResNet34_Weights",
+        feat_dim=512,
+        non_local={"layer2": (2, 3), "layer3": (3, 4, 5)},
+    ),
+    "resnet50": dict(
+        weights="ResNet50_Weights",
+        feat_dim=2048,
+        non_local={"layer2": (2, 3), "layer3": (3, 4, 5)},
+    ),
+    "resnet101": dict(
+        weights="ResNet101_Weights",
+        feat_dim=2048,
+        non_local={"layer2": (2, 3), "layer3": (20, 21, 22)},
+    ),
+}
+
+_STAGES = ("layer1", "layer2", "layer3", "layer4")
+_BACKBONE_PREFIXES = ("conv1.", "bn1.") + tuple(s + "." for s in _STAGES)
+_DOWNLOAD_TIMEOUT_S = 15.0
+
+
+class AGW(nn.Module):
+    """One-stream AGW re-ID model on a torchvision ResNet (algorithm.md §A2).
+
+    Layout: stem (conv1, bn1, ReLU, maxpool) -> layer1..layer4 with non-local
+    blocks after selected residual blocks -> GeM (p fixed) -> BatchNorm1d neck
+    (bias frozen, weight ~ N(1, 0.01), bias 0). No classifier.
+
+    The backbone modules keep torchvision's names (``conv1``, ``bn1``,
+    ``layer1`` ... ``layer4``) so torchvision ResNet state dicts load directly
+    (see :func:`load_pretrained`). Non-local blocks live in
+    ``self.non_local[stage][str(block_index)]``.
+
+    The constructor builds random weights only and never downloads anything;
+    use :func:`build_model` or :func:`load_pretrained` for ImageNet weights.
+
+    Args:
+        arch: one of ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` (the
+            paper's), ``"resnet101"``.
+        non_local: insert the non-local blocks (positions in :data:`ARCHS`;
+            ResNet-50: after blocks 2, 3 of layer2 and 3, 4, 5 of layer3).
+        last_stride: stride of layer4 (1 in AGW; 2 is torchvision's default).
+            With 1 the output map is H/16 x W/16 (2048 x 18 x 9 for 288 x 144
+            on ResNet-50), with 2 it is H/32 x W/32.
+        gem_p: GeM power (3, fixed, not learned).
+
+    Attributes:
+        feat_dim: output feature dimension (2048 for ResNet-50/101, 512 for
+            ResNet-18/34).
+        arch: the architecture name.
+        non_local_positions: ``{stage: tuple(block indices)}`` actually used
+            (empty when ``non_local=False``).
+
+    Raises:
+        ValueError: unknown ``arch``, ``last_stride`` not 1 or 2, ``gem_p`` <= 0.
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet50",
+        non_local: bool = True,
+        last_stride: int = 1,
+        gem_p: float = 3.0,
+    ) -> None:
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"AGW: unknown arch {arch!r}; expected one of {sorted(ARCHS)}")
+        if last_stride not in (1, 2):
+            raise ValueError(f"AGW: last_stride must be 1 or 2, got {last_stride}")
+        cfg = ARCHS[arch]
+        self.arch = arch
+        self.feat_dim: int = cfg["feat_dim"]
+        self.last_stride = last_stride
+
+        resnet = getattr(torchvision.models, arch)(weights=None)
+        self.conv1 = resnet.conv1
+        self.bn1 = resnet.bn1
+        self.relu = resnet.relu
+        self.maxpool = resnet.maxpool
+        self.layer1 = resnet.layer1
+        self.layer2 = resnet.layer2
+        self.layer3 = resnet.layer3
+        self.layer4 = resnet.layer4
+        del resnet  # its avgpool/fc are not used
+        _set_first_block_stride(self.layer4[0], last_stride)
+
+        positions = cfg["non_local"] if non_local else {}
+        self.non_local_positions: Dict[str, Tuple[int, ...]] = {
+            s: tuple(positions.get(s, ())) for s in _STAGES
+        }
+        self.non_local = nn.ModuleDict()
+        for stage in _STAGES:
+            layer = getattr(self, stage)
+            channels = _block_out_channels(layer[-1])
+            blocks = nn.ModuleDict()
+            for idx in self.non_local_positions[stage]:
+                if not 0 <= idx < len(layer):
+                    raise AssertionError(f"bad non-local index {idx} for {arch}.{stage}")
+                blocks[str(idx)] = NonLocalBlock(channels)
+            self.non_local[stage] = blocks
+
+        self.pool = GeM(p=gem_p)
+        self.bottleneck = nn.BatchNorm1d(self.feat_dim)
+        nn.init.normal_(self.bottleneck.weight, 1.0, 0.01)
+        nn.init.zeros_(self.bottleneck.bias)
+        self.bottleneck.bias.requires_grad_(False)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """Backbone output before pooling.
+
+        Args:
+            x: (B, 3, H, W) float, ImageNet-normalised, on the model's device.
+
+        Returns:
+            (B, feat_dim, H/16, W/16) with ``last_stride=1`` (H/32, W/32 with 2),
+            rounded up the way the strided convolutions round.
+        """
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in _STAGES:
+            layer = getattr(self, stage)
+            nls = self.non_local[stage]
+            for i, block in enumerate(layer):
+                x = block(x)
+                key = str(i)
+                if key in nls:
+                    x = nls[key](x)
+        return x
+
+    def forward(
+        self, x: Tensor, return_pooled: bool = False
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """Embed a batch of images.
+
+        Args:
+            x: (B, 3, H, W) float tensor (float32, or float16/bfloat16 under
+                autocast), ImageNet mean/std normalised, on the model's device.
+                RGB and IR images go through the same weights; concatenate them
+                along dim 0. In train mode BatchNorm needs B >= 2.
+            return_pooled: also return the GeM-pooled feature before the neck.
+
+        Returns:
+            train mode: the BN-neck feature, (B, feat_dim), not normalised.
+            eval mode: the L2-normalised BN-neck feature, (B, feat_dim).
+            With ``return_pooled=True``: ``(pooled, feature)``, pooled being
+            the (B, feat_dim) GeM output.
+        """
+        pooled = self.pool(self.feature_map(x))
+        feat = self.bottleneck(pooled)
+        if not self.training:
+            feat = F.normalize(feat, p=2, dim=1)
+        if return_pooled:
+            return pooled, feat
+        return feat
+
+    def backbone_state_keys(self) -> List[str]:
+        """State-dict keys that come from the torchvision ResNet (stem + layer1..4)."""
+        return [k for k in self.state_dict() if k.startswith(_BACKBONE_PREFIXES)]
+
+
+def _block_out_channels(block: nn.Module) -> int:
+    last_bn = block.bn3 if hasattr(block, "bn3") else block.bn2
+    return last_bn.num_features
+
+
+def _set_first_block_stride(block: nn.Module, stride: int) -> None:
+    """Set the spatial stride of a torchvision BasicBlock/Bottleneck (and its downsample)."""
+    convs = [m for m in (getattr(block, "conv1", None), getattr(block, "conv2", None)) if m is not None]
+    if block.downsample is not None:
+        convs.append(block.downsample[0])
+    for conv in convs:
+        if conv.stride != (1, 1):
+            conv.stride = (stride, stride)
+
+
+# ----------------------------------------------------------------------------
+# Pretrained weights
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` did.
+
+    Attributes:
+        source: the file path or URL the weights came from, or "none".
+        loaded: number of backbone tensors copied.
+        missing: backbone keys not in the file that were tolerated (only
+            ``num_batches_tracked`` buffers, absent from old torchvision files).
+        unexpected: keys in the file that were ignored, other than ``fc.*``.
+    """
+
+    source: str
+    loaded: int = 0
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+
+
+def _imagenet_weights(arch: str):
+    enum = getattr(torchvision.models, ARCHS[arch]["weights"])
+    return enum.IMAGENET1K_V1
+
+
+def _hub_cache_path(url: str) -> str:
+    filename = os.path.basename(urlparse(url).path)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+
+
+def _download_state_dict(weights) -> Mapping[str, Tensor]:
+    """Fetch torchvision weights through torch.hub (cache first). Patched in tests."""
+    return weights.get_state_dict(progress=True)
+
+
+def _unwrap_state_dict(obj: Any, source: str) -> Dict[str, Tensor]:
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    ):
+        raise ValueError(
+            f"{source} is not a torchvision ResNet state dict (expected a mapping of "
+            f"parameter names to tensors, got {type(obj).__name__})"
+        )
+    out = {}
+    for k, v in obj.items():
+        if k.startswith("module."):
+            k = k[len("module."):]
+        out[k] = v
+    return out
+
+
+def _apply_state_dict(model: AGW, state: Mapping[str, Tensor], source: str) -> LoadReport:
+    own = model.state_dict()
+    backbone_keys = model.backbone_state_keys()
+    if not any(k in state for k in backbone_keys):
+        raise ValueError(
+            f"{source} is not a ResNet state dict for {model.arch}: none of its "
+            f"{len(state)} keys match the backbone (e.g. 'conv1.weight', 'layer1.0.bn1.weight')"
+        )
+    missing = [k for k in backbone_keys if k not in state]
+    required_missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if required_missing:
+        raise ValueError(
+            f"{source} does not match {model.arch}: {len(required_missing)} backbone keys "
+            f"missing, e.g. {required_missing[:5]}"
+        )
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in backbone_keys
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if mismatched:
+        raise ValueError(
+            f"{source} does not match {model.arch}: {len(mismatched)} shape mismatches, "
+            f"e.g. {mismatched[:3]} (wrong ResNet depth?)"
+        )
+    backbone_set = set(backbone_keys)
+    unexpected = [k for k in state if k not in backbone_set and not k.startswith("fc.")]
+    to_load = {k: state[k] for k in backbone_keys if k in state}
+    result = model.load_state_dict(to_load, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
+    if unexpected:
+        warnings.warn(
+            f"load_pretrained: ignored {len(unexpected)} unexpected keys from {source}, "
+            f"e.g. {unexpected[:5]}",
+            stacklevel=3,
+        )
+    return LoadReport(source=source, loaded=len(to_load), missing=missing, unexpected=unexpected)
+
+
+def _load_file(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"pretrained weights file not found: {path!r} (pass 'imagenet', 'none' or the "
+            f"path of a torchvision ResNet state dict .pth)"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling / zip errors carry no file name
+        raise ValueError(
+            f"could not read {path!r} as a torchvision ResNet state dict: {err}"
+        ) from err
+    return _unwrap_state_dict(obj, repr(path))
+
+
+def load_pretrained(
+    model: AGW, pretrained: Union[str, os.PathLike, None]
+) -> LoadReport:
+    """Load ImageNet (or other torchvision ResNet) weights into ``model``'s backbone.
+
+    Only the stem and layer1..layer4 are loaded; ``fc.*`` is ignored, and the
+    non-local blocks and the BN neck keep their initialisation. Tensors are
+    copied onto the model's current device and dtype.
+
+    Args:
+        model: an :class:`AGW`.
+        pretrained: one of
+            - a path (str or PathLike) to a torchvision ResNet state dict
+              (``.pth``, read with ``torch.load(weights_only=True)``; a
+              ``{"state_dict": ...}`` wrapper and ``module.`` prefixes are
+              accepted);
+            - ``"imagenet"``: torchvision's ``IMAGENET1K_V1`` weights for
+              ``model.arch`` (e.g. ``resnet50-0676ba61.pth``), from the torch
+              hub cache if present, else downloaded;
+            - ``"none"`` or ``None``: keep the random initialisation (warns).
+
+    Returns:
+        A :class:`LoadReport`.
+
+    Raises:
+        FileNotFoundError: the path does not exist (message names it).
+        ValueError: the file is not a state dict, or not one matching
+            ``model.arch`` (missing keys or shape mismatches; message names it).
+        RuntimeError: ``"imagenet"`` could not be downloaded (e.g. offline); the
+            message gives the URL to fetch elsewhere and pass as a file.
+    """
+    if pretrained is None or (isinstance(pretrained, str) and pretrained.lower() == "none"):
+        warnings.warn(
+            "AGW: no pretrained weights; training from scratch gives much lower "
+            "re-ID accuracy than starting from ImageNet weights",
+            stacklevel=2,
+        )
+        return LoadReport(source="none")
+    if isinstance(pretrained, str) and pretrained.lower() == "imagenet":
+        weights = _imagenet_weights(model.arch)
+        url = weights.url
+        cache = _hub_cache_path(url)
+        if os.path.isfile(cache):
+            return _apply_state_dict(model, _load_file(cache), repr(cache))
+        old_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
+        try:
+            state = _download_state_dict(weights)
+        except OSError as err:  # URLError, timeouts, connection errors
+            raise RuntimeError(
+                f"could not download ImageNet weights for {model.arch} from {url} ({err}). "
+                f"If this machine is offline, download {url} elsewhere and pass "
+                f"--pretrained /path/to/file.pth (or put the file at {cache})"
+            ) from err
+        finally:
+            socket.setdefaulttimeout(old_timeout)
+        return _apply_state_dict(model, _unwrap_state_dict(state, url), url)
+    if isinstance(pretrained, (str, os.PathLike)):
+        path = os.fspath(pretrained)
+        return _apply_state_dict(model, _load_file(path), repr(path))
+    raise TypeError(
+        f"pretrained must be a path, 'imagenet', 'none' or None, got {type(pretrained).__name__}"
+    )
+
+
+def build_model(
+    arch: str = "resnet50",
+    pretrained: Union[str, os.PathLike, None] = "imagenet",
+    **kwargs: Any,
+) -> AGW:
+    """Build an :class:`AGW` and load its backbone weights.
+
+    Args:
+        arch: see :class:`AGW`.
+        pretrained: see :func:`load_pretrained` ("imagenet", a .pth path,
+            "none"/None).
+        **kwargs: passed to :class:`AGW` (``non_local``, ``last_stride``,
+            ``gem_p``).
+
+    Returns:
+        The model on CPU, float32, in train mode.
+
+    Raises:
+        Whatever :class:`AGW` and :func:`load_pretrained` raise.
+    """
+    model = AGW(arch=arch, **kwargs)
+    load_pretrained(model, pretrained)
+    return model
