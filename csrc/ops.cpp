@@ -1,0 +1,74 @@
+// dmdl operator schemas (one place) and, for the Python build, the pybind11 module
+// dmdl._C that exposes build information. The kernels are registered per backend in
+// csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA).
+#include <ATen/ATen.h>
+#include <torch/headeronly/version.h>
+#include <torch/library.h>
+
+#include <string>
+
+TORCH_LIBRARY(dmdl, m) {
+  // k-reciprocal Jaccard distance (Zhong et al. 2017; algorithm.md §A9).
+  // features: [N, D] float32, L2-normalised rows; returns [N, N] float32.
+  m.def("jaccard_distance(Tensor features, int k1, int k2) -> Tensor");
+}
+
+namespace dmdl {
+
+#ifdef DMDL_WITH_CUDA
+namespace jaccard {
+int cuda_runtime_version_compiled();  // csrc/cuda/jaccard_cuda.cu
+}
+#endif
+
+bool cuda_compiled() {
+#ifdef DMDL_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace dmdl
+
+#ifdef DMDL_PYTHON_MODULE
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "dmdl compiled extension: registers the torch.ops.dmdl operators and reports how it was built.";
+  m.def("cuda_compiled", &dmdl::cuda_compiled, "True when the CUDA kernels were compiled into this extension.");
+  m.def(
+      "build_info",
+      []() {
+        py::dict info;
+        info["torch_version"] = std::string(TORCH_VERSION);
+        info["cuda_compiled"] = dmdl::cuda_compiled();
+#ifdef DMDL_WITH_CUDA
+        const int v = dmdl::jaccard::cuda_runtime_version_compiled();
+        info["cuda_version"] = std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+#else
+        info["cuda_version"] = py::none();
+#endif
+#ifdef _OPENMP
+        info["openmp"] = true;
+        info["openmp_version"] = static_cast<int>(_OPENMP);
+#else
+        info["openmp"] = false;
+        info["openmp_version"] = py::none();
+#endif
+#if defined(__clang__)
+        info["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+        info["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+        info["compiler"] = std::string("unknown");
+#endif
+        info["cxx_abi"] = static_cast<bool>(_GLIBCXX_USE_CXX11_ABI);
+        return info;
+      },
+      "Dict: torch_version (built against), cuda_compiled, cuda_version (compiled with, or None), "
+      "openmp, openmp_version, compiler, cxx_abi.");
+}
+#endif
