@@ -1,0 +1,135 @@
+"""Reader for LLCM (Low-Light Cross-Modality) in its raw layout.
+
+Layout (``datasets.md`` section 3.1)::
+
+    LLCM/
+      idx/train_vis.txt  train_nir.txt  test_id.txt  [test_vis.txt  test_nir.txt]
+      vis/<pid4>/<pid4>_c<CC>_s<6 digits>_f<digits>_vis.jpg
+      nir/<pid4>/<pid4>_c<CC>_s<6 digits>_f<digits>_nir.jpg
+      test_vis/cam<k>/<pid4>/<file>        k = 1..9
+      test_nir/cam<k>/<pid4>/<file>        k = 1, 2, 4..9 (no NIR camera 3)
+
+Training lines are ``<vis|nir>/<pid4>/<file> <label>``; the pid comes from the
+``<pid4>`` folder, the camera from the ``_c<CC>_`` field of the file name.
+Test images are found through ``test_vis/cam<k>/<pid4>/`` for the ids of
+``idx/test_id.txt``; the camera is the ``cam<k>`` directory component.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from .records import INFRARED, VISIBLE, ImageRecord
+from .regdb import CameraIndex, VIReIDDataset
+from .sysu import list_image_files, read_id_list
+
+__all__ = ["LLCM", "LLCM_VIS_CAMS", "LLCM_NIR_CAMS"]
+
+LLCM_VIS_CAMS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+LLCM_NIR_CAMS = (1, 2, 4, 5, 6, 7, 8, 9)
+
+_CAM_FIELD = re.compile(r"_c(\d+)_")
+_MODS = {VISIBLE: ("vis", "train_vis.txt", "test_vis", LLCM_VIS_CAMS),
+         INFRARED: ("nir", "train_nir.txt", "test_nir", LLCM_NIR_CAMS)}
+
+
+class LLCM(VIReIDDataset):
+    """LLCM reader (``datasets.md`` section 3).
+
+    Args:
+        root: the ``LLCM`` folder.
+
+    Attributes:
+        train_visible / train_infrared: records of ``idx/train_vis.txt`` /
+            ``idx/train_nir.txt`` in file order (labels in
+            ``train_labels_visible`` / ``train_labels_infrared``).
+        test_ids: ids of ``idx/test_id.txt``, ascending
+            (``test_id_order`` keeps the file order = test label order).
+        test_visible: for each test id ascending, cameras 1..9 in order, the
+            sorted files of ``test_vis/cam<k>/<pid4>/``;  test_infrared: the
+            same over ``test_nir`` and cameras 1, 2, 4..9.
+        test_visible_index / test_infrared_index:
+            ``{(pid, cam): sorted paths}`` in that order.
+
+    Raises:
+        FileNotFoundError: missing root, idx file, listed training image, or
+            both ``test_vis/`` and ``test_nir/`` absent.
+        ValueError: malformed idx line (file and line named) or id list.
+    """
+
+    name = "llcm"
+
+    def __init__(self, root) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"LLCM root not found: {self.root}")
+        self.train_visible, self.train_labels_visible = self._read_train(VISIBLE)
+        self.train_infrared, self.train_labels_infrared = self._read_train(INFRARED)
+        self.test_id_order = read_id_list(self.root / "idx" / "test_id.txt")
+        self.test_ids_ = sorted(set(self.test_id_order))
+        if not any((self.root / _MODS[m][2]).is_dir() for m in _MODS):
+            raise FileNotFoundError(
+                f"LLCM: neither {self.root / 'test_vis'} nor {self.root / 'test_nir'} exists")
+        self.test_visible, self.test_visible_index = self._collect_test(VISIBLE)
+        self.test_infrared, self.test_infrared_index = self._collect_test(INFRARED)
+
+    @property
+    def test_ids(self) -> List[int]:  # type: ignore[override]
+        """Test ids from ``idx/test_id.txt``, ascending."""
+        return list(self.test_ids_)
+
+    def _read_train(self, modality: str) -> Tuple[List[ImageRecord], List[int]]:
+        folder, fname, _, _ = _MODS[modality]
+        list_file = self.root / "idx" / fname
+        if not list_file.is_file():
+            raise FileNotFoundError(f"LLCM idx file not found: {list_file}")
+        root = str(self.root)
+        records: List[ImageRecord] = []
+        labels: List[int] = []
+        with open(list_file, "r", encoding="utf-8") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                line = raw.strip()
+                if not line:
+                    continue
+                where = f"{list_file}:{lineno}"
+                fields = line.split()
+                if len(fields) != 2:
+                    raise ValueError(f"{where}: expected '<relative path> <label>': {line!r}")
+                rel, label_s = fields
+                try:
+                    label = int(label_s)
+                except ValueError:
+                    raise ValueError(f"{where}: label is not an integer: {line!r}") from None
+                parts = rel.replace("\\", "/").split("/")
+                if len(parts) != 3 or parts[0] != folder or not parts[1].isdigit():
+                    raise ValueError(f"{where}: path is not '{folder}/<pid4>/<file>': {line!r}")
+                m = _CAM_FIELD.search(parts[2])
+                if m is None:
+                    raise ValueError(f"{where}: no '_c<CC>_' camera field in file name: {line!r}")
+                path = os.path.join(root, *parts)
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"LLCM image listed in {where} not found: {path}")
+                records.append(ImageRecord(path, int(parts[1]), int(m.group(1)), modality))
+                labels.append(label)
+        return records, labels
+
+    def _collect_test(self, modality: str) -> Tuple[List[ImageRecord], CameraIndex]:
+        _, _, test_dir, cams = _MODS[modality]
+        base = os.path.join(str(self.root), test_dir)
+        records: List[ImageRecord] = []
+        index: Dict[Tuple[int, int], Tuple[str, ...]] = {}
+        for pid in self.test_ids_:
+            for cam in cams:
+                folder = os.path.join(base, f"cam{cam}", f"{pid:04d}")
+                if not os.path.isdir(folder):
+                    continue
+                files = list_image_files(folder)
+                if not files:
+                    continue
+                index[(pid, cam)] = tuple(files)
+                records.extend(ImageRecord(p, pid, cam, modality) for p in files)
+        return records, index

@@ -1,0 +1,162 @@
+"""Reader for SYSU-MM01 in its raw camera-folder layout.
+
+Layout (``datasets.md`` section 1.1)::
+
+    SYSU-MM01/                 <- ``root``
+      [ori_data/]              <- optional level (AGW keeps the raw data here)
+        cam1/ ... cam6/
+          <pid:4 digits>/<index:4 digits>.jpg     (not every pid in every camera)
+        exp/train_id.txt  val_id.txt  test_id.txt  [available_id.txt]
+
+RGB cameras: 1, 2 (indoor), 4, 5 (outdoor); IR cameras: 3, 6.  ``exp/*.txt``
+hold one line of comma-separated decimal ids.  Pid and camera are taken from
+the ``cam<k>`` and ``<pid>`` path components, never from character offsets.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+from .records import INFRARED, VISIBLE, ImageRecord
+from .regdb import CameraIndex, VIReIDDataset
+
+__all__ = ["SYSUMM01", "SYSU_RGB_CAMS", "SYSU_IR_CAMS", "SYSU_INDOOR_CAMS",
+           "read_id_list", "list_image_files"]
+
+SYSU_RGB_CAMS = (1, 2, 4, 5)
+SYSU_INDOOR_CAMS = (1, 2)
+SYSU_IR_CAMS = (3, 6)
+
+
+def read_id_list(path: Path) -> List[int]:
+    """Parse an id file: comma-separated integers (zero padding allowed).
+
+    Whitespace around ids and a trailing comma are tolerated; ids may span
+    several lines.  Raises FileNotFoundError if missing, ValueError if empty
+    or holding a non-integer token (message names file and line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"id list not found: {path}")
+    ids: List[int] = []
+    with open(path, "r", encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            tokens = [t.strip() for t in raw.strip().split(",")]
+            if tokens and tokens[-1] == "":
+                tokens = tokens[:-1]
+            if tokens == [] or tokens == [""]:
+                continue
+            for tok in tokens:
+                if not tok.isdigit():
+                    raise ValueError(
+                        f"{path}:{lineno}: malformed id list, token {tok!r} is not "
+                        "a non-negative integer")
+                ids.append(int(tok))
+    if not ids:
+        raise ValueError(f"{path}: id list is empty")
+    return ids
+
+
+def list_image_files(folder: str) -> List[str]:
+    """Sorted absolute paths of the regular, non-hidden files in ``folder``.
+
+    Sorting by name reproduces the reference code's ``sorted(os.listdir())``.
+    """
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    return [os.path.join(folder, n) for n in names
+            if os.path.isfile(os.path.join(folder, n))]
+
+
+class SYSUMM01(VIReIDDataset):
+    """SYSU-MM01 reader (``datasets.md`` sections 1.1-1.3).
+
+    Args:
+        root: the ``SYSU-MM01`` folder; cameras and ``exp/`` may sit directly
+            in it or in ``root/ori_data/`` (the first one holding ``exp/`` is
+            used, ``root`` first).
+
+    Attributes:
+        train_ids / val_ids / test_ids: sorted ids of ``exp/*_id.txt``.
+        train_visible: for every id of train ∪ val (ascending), the files of
+            cams 1, 2, 4, 5 in that order (files sorted);  train_infrared: the
+            same for cams 3, 6.  (= ``pre_process_sysu`` order, 395 ids.)
+        test_visible / test_infrared: the same for the test ids.
+        test_visible_index / test_infrared_index:
+            ``{(pid, cam): sorted paths}`` of the test split in that
+            iteration order, one entry per existing non-empty folder.
+        data_dir: the folder actually holding ``cam*/`` and ``exp/``.
+
+    Missing ``cam<k>/<pid>`` folders are normal and skipped.
+
+    Raises:
+        FileNotFoundError: root missing; no ``exp/`` under root or
+            root/ori_data; a missing ``train_id/val_id/test_id.txt``; none
+            of the ``cam1..cam6`` folders present.
+        ValueError: a malformed id list.
+    """
+
+    name = "sysu"
+
+    def __init__(self, root) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"SYSU-MM01 root not found: {self.root}")
+        candidates = [self.root, self.root / "ori_data"]
+        for cand in candidates:
+            if (cand / "exp").is_dir():
+                self.data_dir = cand
+                break
+        else:
+            raise FileNotFoundError(
+                "SYSU-MM01 'exp' folder not found; looked in "
+                + " and ".join(str(c / "exp") for c in candidates))
+        exp = self.data_dir / "exp"
+        train = read_id_list(exp / "train_id.txt")
+        val = read_id_list(exp / "val_id.txt")
+        test = read_id_list(exp / "test_id.txt")
+        cams = [k for k in range(1, 7) if (self.data_dir / f"cam{k}").is_dir()]
+        if not cams:
+            raise FileNotFoundError(
+                f"SYSU-MM01: no camera folders cam1..cam6 in {self.data_dir}")
+        self.cameras = tuple(cams)
+        self.train_ids_ = sorted(set(train) | set(val))
+        self.val_ids = sorted(set(val))
+        self.test_ids_ = sorted(set(test))
+
+        tr_vis, _ = self._collect(self.train_ids_, SYSU_RGB_CAMS, VISIBLE)
+        tr_ir, _ = self._collect(self.train_ids_, SYSU_IR_CAMS, INFRARED)
+        self.train_visible, self.train_infrared = tr_vis, tr_ir
+        self.test_visible, self.test_visible_index = self._collect(
+            self.test_ids_, SYSU_RGB_CAMS, VISIBLE)
+        self.test_infrared, self.test_infrared_index = self._collect(
+            self.test_ids_, SYSU_IR_CAMS, INFRARED)
+
+    @property
+    def train_ids(self) -> List[int]:  # type: ignore[override]
+        """Training ids: train_id ∪ val_id, ascending."""
+        return list(self.train_ids_)
+
+    @property
+    def test_ids(self) -> List[int]:  # type: ignore[override]
+        """Test ids from ``exp/test_id.txt``, ascending."""
+        return list(self.test_ids_)
+
+    def _collect(self, ids: Sequence[int], cams: Sequence[int],
+                 modality: str) -> Tuple[List[ImageRecord], CameraIndex]:
+        records: List[ImageRecord] = []
+        index: Dict[Tuple[int, int], Tuple[str, ...]] = {}
+        base = str(self.data_dir)
+        for pid in ids:
+            for cam in cams:
+                folder = os.path.join(base, f"cam{cam}", f"{pid:04d}")
+                if not os.path.isdir(folder):
+                    continue
+                files = list_image_files(folder)
+                if not files:
+                    continue
+                index[(pid, cam)] = tuple(files)
+                records.extend(ImageRecord(p, pid, cam, modality) for p in files)
+        return records, index

@@ -1,0 +1,46 @@
+"""Shared test fixtures: small generated datasets and the real RegDB-mini."""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REGDB_MINI = Path(__file__).resolve().parents[2] / "shared/data/RegDB-mini"
+
+
+@pytest.fixture(scope="session")
+def toy_regdb(tmp_path_factory) -> Path:
+    """A RegDB-layout toy: 12 ids x (10 visible + 10 thermal), 10 trials."""
+    from dmdl.data.toy import make_toy_dataset
+
+    return make_toy_dataset(tmp_path_factory.mktemp("toy") / "RegDB", layout="regdb",
+                            num_ids=12, seed=0)
+
+
+@pytest.fixture(scope="session")
+def toy_sysu(tmp_path_factory) -> Path:
+    """A SYSU-MM01-layout toy with 16 ids (cams and exp/ directly under root)."""
+    from dmdl.data.toy import make_toy_dataset
+
+    return make_toy_dataset(tmp_path_factory.mktemp("toy") / "SYSU-MM01", layout="sysu",
+                            num_ids=16, seed=0, image_size=(32, 64))
+
+
+@pytest.fixture(scope="session")
+def toy_llcm(tmp_path_factory) -> Path:
+    """An LLCM-layout toy with 15 ids."""
+    from dmdl.data.toy import make_toy_dataset
+
+    return make_toy_dataset(tmp_path_factory.mktemp("toy") / "LLCM", layout="llcm",
+                            num_ids=15, seed=0, image_size=(32, 64))
+
+
+@pytest.fixture(scope="session")
+def regdb_mini() -> Path:
+    """Path of the real RegDB subset (skips when it is not available)."""
+    if not (REGDB_MINI / "idx").is_dir():
+        pytest.skip(f"real RegDB-mini data not found at {REGDB_MINI}")
+    return REGDB_MINI
