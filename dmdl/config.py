@@ -61,7 +61,10 @@ class Config:
     eps: float = 0.3
     min_samples: int = 4
     association: str = "imca"
-    cross_weight: float = 0.25  # PGM's alternating cross-memory term (spec part C)
+    cross_weight: float = 0.25  # weight of the stage-2 cross-modality memory term
+    cross_memory: str = "anchor"  # "anchor": PGM's mapped-vs-anchor memory; "shared": RGB+IR centroids
+    channel_exchange: float = 0.5  # probability of the visible channel augmentation (CA)
+    random_invert: float = 0.0  # probability of intensity inversion, both modalities (ours, not DMDL)
 
     # run
     seed: int = 1
@@ -91,6 +94,8 @@ class Config:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.temperature <= 0 or self.eps <= 0:
             raise ValueError("temperature and eps must be > 0")
+        if self.cross_memory not in ("anchor", "shared"):
+            raise ValueError(f"cross_memory must be 'anchor' or 'shared', got {self.cross_memory!r}")
         if self.association != "imca":
             raise ValueError(f"association {self.association!r} is not implemented; available: 'imca'")
         return self

@@ -34,3 +34,11 @@ def test_with_replacement_when_too_few_and_deterministic():
 def test_no_labels_raises():
     with pytest.raises(ValueError, match="every label is -1"):
         PseudoIdentitySampler([-1, -1], [1, 1], 2)
+
+
+def test_min_length_repeats_identities_to_fill_a_batch():
+    labels = [0, 0, 0, 1, 1, 1]
+    s = PseudoIdentitySampler(labels, [1] * 6, num_instances=2, seed=0, min_length=10)
+    idx = list(s)
+    assert len(idx) == len(s) == 12  # 3 passes of 2 ids x 2
+    assert Counter(labels[i] for i in idx) == {0: 6, 1: 6}

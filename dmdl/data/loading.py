@@ -39,16 +39,22 @@ class ImageListDataset(Dataset):
         labels: one int per path (pseudo-label, pid or -1).
         transform: callable applied to the PIL image.
         cache: keep decoded PIL images in RAM after the first read (small
-            datasets: RegDB is 64 x 128 per image).
+            datasets: RegDB is 64 x 128 per image): ``True`` for a private
+            cache, or a dict (path -> image) shared between datasets, e.g.
+            the per-epoch training and feature-extraction datasets of a run.
     """
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int], transform: Callable, cache: bool = False):
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], transform: Callable,
+                 cache: bool | dict = False):
         if len(paths) != len(labels):
             raise ValueError(f"paths ({len(paths)}) and labels ({len(labels)}) differ in length")
         self.paths = list(paths)
         self.labels = [int(x) for x in labels]
         self.transform = transform
-        self._cache: dict[int, Image.Image] | None = {} if cache else None
+        if isinstance(cache, dict):
+            self._cache: dict[str, Image.Image] | None = cache
+        else:
+            self._cache = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -56,9 +62,10 @@ class ImageListDataset(Dataset):
     def _load(self, index: int) -> Image.Image:
         if self._cache is None:
             return read_image(self.paths[index])
-        img = self._cache.get(index)
+        path = self.paths[index]
+        img = self._cache.get(path)
         if img is None:
-            img = self._cache[index] = read_image(self.paths[index])
+            img = self._cache[path] = read_image(path)
         return img
 
     def __getitem__(self, index: int):

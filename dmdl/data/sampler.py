@@ -23,12 +23,16 @@ class PseudoIdentitySampler(Sampler[int]):
         camids: (N,) camera ids.
         num_instances: images per identity in a batch.
         seed: RNG seed of this sampler (one ``random.Random``).
+        min_length: an epoch yields at least this many indices: when there are
+            too few pseudo-identities to fill it (e.g. one batch), further
+            shuffled passes over the identities are appended.
 
     Raises:
         ValueError: no labelled sample or ``num_instances < 1``.
     """
 
-    def __init__(self, labels: Sequence[int], camids: Sequence[int], num_instances: int, seed: int = 0):
+    def __init__(self, labels: Sequence[int], camids: Sequence[int], num_instances: int, seed: int = 0,
+                 min_length: int = 0):
         if num_instances < 1:
             raise ValueError(f"num_instances must be >= 1, got {num_instances}")
         self.num_instances = num_instances
@@ -42,11 +46,19 @@ class PseudoIdentitySampler(Sampler[int]):
         if not self.pids:
             raise ValueError("no labelled sample to draw from (every label is -1)")
         self.rng = random.Random(seed)
+        per_pass = len(self.pids) * num_instances
+        self.passes = max(1, -(-min_length // per_pass))
 
     def __len__(self) -> int:
-        return len(self.pids) * self.num_instances
+        return self.passes * len(self.pids) * self.num_instances
 
     def __iter__(self) -> Iterator[int]:
+        out: list[int] = []
+        for _ in range(self.passes):
+            out.extend(self._one_pass())
+        return iter(out)
+
+    def _one_pass(self) -> list[int]:
         rng = self.rng
         pids = self.pids[:]
         rng.shuffle(pids)
@@ -66,4 +78,4 @@ class PseudoIdentitySampler(Sampler[int]):
                 picks = [rng.choice(pool) for _ in range(k)]
             out.append(anchor)
             out.extend(picks)
-        return iter(out)
+        return out

@@ -19,12 +19,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class ChannelExchange:
     """Copy one random colour channel into all three (ADCA's visible channel
-    augmentation; algorithm.md §A3, ``gray=2`` so the greyscale branch never fires).
+    augmentation, "CA"; algorithm.md §A3, ``gray=2`` so the greyscale branch
+    never fires), applied with probability ``p``.
 
     Input and output: (3, H, W) float tensor.
     """
 
+    def __init__(self, p: float = 1.0):
+        self.p = p
+
     def __call__(self, img: Tensor) -> Tensor:
+        if self.p < 1.0 and random.random() >= self.p:
+            return img
         idx = random.randint(0, 2)
         return img[idx : idx + 1].expand_as(img).clone()
 
@@ -61,12 +67,18 @@ def test_transform(height: int, width: int) -> T.Compose:
     )
 
 
-def train_transform(modality: str, height: int, width: int, erasing_max_area: float = 0.5) -> T.Compose:
-    """Training view of one modality (algorithm.md §A3, view 0).
+def train_transform(modality: str, height: int, width: int, erasing_max_area: float = 0.5,
+                    channel_exchange: float = 0.5, random_invert: float = 0.0) -> T.Compose:
+    """Training view of one modality (algorithm.md §A3).
 
     Resize, pad 10, random crop, horizontal flip, ToTensor, normalise, random
     erasing with per-pixel N(0, 1) noise (p 0.5, area 0.02-``erasing_max_area``,
-    aspect 0.3-3.33); infrared images then get :class:`ChannelAdapGray`.
+    aspect 0.3-3.33); then visible images get :class:`ChannelExchange` with
+    probability ``channel_exchange`` (the baseline's "CA", a single view mixing
+    DMDL's original and CA views) and infrared images :class:`ChannelAdapGray`.
+    ``random_invert`` > 0 inverts intensities (torchvision ``RandomInvert``) with
+    that probability before ToTensor, in both modalities: an option of ours
+    (not in DMDL) that makes features contrast-polarity invariant.
 
     Raises:
         ValueError: unknown modality.
@@ -78,12 +90,18 @@ def train_transform(modality: str, height: int, width: int, erasing_max_area: fl
         T.Pad(10),
         T.RandomCrop((height, width)),
         T.RandomHorizontalFlip(0.5),
+    ]
+    if random_invert > 0:
+        ops.append(T.RandomInvert(random_invert))
+    ops += [
         T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         T.RandomErasing(p=0.5, scale=(0.02, erasing_max_area), ratio=(0.3, 3.33), value="random"),
     ]
     if modality == "infrared":
         ops.append(ChannelAdapGray(0.5))
+    elif channel_exchange > 0:
+        ops.append(ChannelExchange(channel_exchange))
     return T.Compose(ops)
 
 
