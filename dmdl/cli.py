@@ -8,7 +8,7 @@ import warnings
 import time
 from pathlib import Path
 
-DEMO_PRESET = "regdb-cpu"
+DEMO_PRESET = "demo"
 
 
 def _cmd_train(args, extra) -> int:
