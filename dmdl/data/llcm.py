@@ -20,11 +20,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 from .records import INFRARED, VISIBLE, ImageRecord
 from .regdb import CameraIndex, VIReIDDataset
-from .sysu import list_image_files, read_id_list
+from .sysu import collect_camera_folders, read_id_list
 
 __all__ = ["LLCM", "LLCM_VIS_CAMS", "LLCM_NIR_CAMS"]
 
@@ -119,17 +119,4 @@ class LLCM(VIReIDDataset):
 
     def _collect_test(self, modality: str) -> Tuple[List[ImageRecord], CameraIndex]:
         _, _, test_dir, cams = _MODS[modality]
-        base = os.path.join(str(self.root), test_dir)
-        records: List[ImageRecord] = []
-        index: Dict[Tuple[int, int], Tuple[str, ...]] = {}
-        for pid in self.test_ids_:
-            for cam in cams:
-                folder = os.path.join(base, f"cam{cam}", f"{pid:04d}")
-                if not os.path.isdir(folder):
-                    continue
-                files = list_image_files(folder)
-                if not files:
-                    continue
-                index[(pid, cam)] = tuple(files)
-                records.extend(ImageRecord(p, pid, cam, modality) for p in files)
-        return records, index
+        return collect_camera_folders(os.path.join(str(self.root), test_dir), self.test_ids_, cams, modality)

@@ -23,7 +23,7 @@ from .records import INFRARED, VISIBLE, ImageRecord
 from .regdb import CameraIndex, VIReIDDataset
 
 __all__ = ["SYSUMM01", "SYSU_RGB_CAMS", "SYSU_IR_CAMS", "SYSU_INDOOR_CAMS",
-           "read_id_list", "list_image_files"]
+           "read_id_list", "list_image_files", "collect_camera_folders"]
 
 SYSU_RGB_CAMS = (1, 2, 4, 5)
 SYSU_INDOOR_CAMS = (1, 2)
@@ -146,17 +146,27 @@ class SYSUMM01(VIReIDDataset):
 
     def _collect(self, ids: Sequence[int], cams: Sequence[int],
                  modality: str) -> Tuple[List[ImageRecord], CameraIndex]:
-        records: List[ImageRecord] = []
-        index: Dict[Tuple[int, int], Tuple[str, ...]] = {}
-        base = str(self.data_dir)
-        for pid in ids:
-            for cam in cams:
-                folder = os.path.join(base, f"cam{cam}", f"{pid:04d}")
-                if not os.path.isdir(folder):
-                    continue
-                files = list_image_files(folder)
-                if not files:
-                    continue
-                index[(pid, cam)] = tuple(files)
-                records.extend(ImageRecord(p, pid, cam, modality) for p in files)
-        return records, index
+        return collect_camera_folders(str(self.data_dir), ids, cams, modality)
+
+
+def collect_camera_folders(base: str, ids: Sequence[int], cams: Sequence[int],
+                           modality: str) -> Tuple[List[ImageRecord], CameraIndex]:
+    """Records and ``{(pid, cam): sorted paths}`` of ``base/cam<k>/<pid:04d>/*``.
+
+    Ids ascending as given, cameras in the given order, files sorted; missing or
+    empty folders are skipped (not every id appears in every camera). Shared by
+    the SYSU-MM01 and LLCM test layouts (datasets.md §1.1, §3.1).
+    """
+    records: List[ImageRecord] = []
+    index: Dict[Tuple[int, int], Tuple[str, ...]] = {}
+    for pid in ids:
+        for cam in cams:
+            folder = os.path.join(base, f"cam{cam}", f"{pid:04d}")
+            if not os.path.isdir(folder):
+                continue
+            files = list_image_files(folder)
+            if not files:
+                continue
+            index[(pid, cam)] = tuple(files)
+            records.extend(ImageRecord(p, pid, cam, modality) for p in files)
+    return records, index
