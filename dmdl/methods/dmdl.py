@@ -207,13 +207,12 @@ class Trainer:
         return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                           drop_last=True, pin_memory=self.device.type == "cuda")
 
-    def _label_quality(self, modality: str, labels: np.ndarray) -> float:
-        """Adjusted Rand index of the pseudo-labels against the true pids (non-outliers)."""
+    def _label_quality(self, modalities: tuple[str, ...], labels: np.ndarray) -> float:
+        """Adjusted Rand index of pseudo-labels (the modalities' samples, concatenated)
+        against the true pids, over non-outliers: a diagnostic only, never used to train."""
+        pids = np.array([r.pid for m in modalities for r in self.train[m].records])
         keep = labels >= 0
-        if keep.sum() < 2:
-            return float("nan")
-        pids = np.array([r.pid for r in self.train[modality].records])[keep]
-        return float(adjusted_rand_score(pids, labels[keep]))
+        return float(adjusted_rand_score(pids[keep], labels[keep])) if keep.sum() > 1 else float("nan")
 
     # ------------------------------------------------------------------ epochs
     def _make_optimizer(self, stage: int) -> None:
@@ -235,7 +234,7 @@ class Trainer:
         for m in labels:
             stats[f"clusters_{m}"] = int(labels[m].max() + 1)
             stats[f"outliers_{m}"] = int((labels[m] < 0).sum())
-            stats[f"ari_{m}"] = self._label_quality(m, labels[m])
+            stats[f"ari_{m}"] = self._label_quality((m,), labels[m])
 
         anchor = mapped = None
         if stage == 2:
@@ -245,7 +244,8 @@ class Trainer:
                                        labels["infrared"], anchor=anchor)
             labels = {"visible": uv, "infrared": ui}
             stats["unified_ids"] = num_unified
-            stats["ari_unified"] = self._label_quality_joint(labels)
+            stats["ari_unified"] = self._label_quality(("visible", "infrared"),
+                                                      np.concatenate([uv, ui]))
 
         # memories over the (unified) ids each modality covers; lookup unified id -> memory row
         memories, to_row = {}, {}
@@ -313,12 +313,6 @@ class Trainer:
         stats["loss"] = float(np.mean(losses))
         stats["seconds"] = round(time.time() - t0, 1)
         return stats
-
-    def _label_quality_joint(self, labels: dict[str, np.ndarray]) -> float:
-        lab = np.concatenate([labels["visible"], labels["infrared"]])
-        pids = np.array([r.pid for m in ("visible", "infrared") for r in self.train[m].records])
-        keep = lab >= 0
-        return float(adjusted_rand_score(pids[keep], lab[keep])) if keep.sum() > 1 else float("nan")
 
     # ------------------------------------------------------------------ run
     def evaluate(self) -> dict:
