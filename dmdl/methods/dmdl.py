@@ -49,6 +49,13 @@ from dmdl.pseudo_labels import cluster_features, imca
 
 CHECKPOINT_NAME = "checkpoint.pth"
 RESULTS_NAME = "results.json"
+# one row per epoch; the unified-label columns stay empty in stage 1
+LOG_FIELDS = (
+    "stage", "epoch", "lr",
+    "clusters_visible", "outliers_visible", "ari_visible",
+    "clusters_infrared", "outliers_infrared", "ari_infrared",
+    "unified_ids", "ari_unified", "loss", "seconds",
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -346,7 +353,7 @@ class Trainer:
                 print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
                 new = not log_path.exists()
                 with open(log_path, "a", newline="") as fh:
-                    w = csv.DictWriter(fh, fieldnames=list(stats))
+                    w = csv.DictWriter(fh, fieldnames=LOG_FIELDS, restval="")
                     if new:
                         w.writeheader()
                     w.writerow(stats)
