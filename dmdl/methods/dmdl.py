@@ -29,7 +29,6 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -107,16 +106,6 @@ def build_model_from_config(cfg: Config, pretrained: str | None = None):
                        non_local=cfg.non_local)
 
 
-@dataclass
-class _ModalityData:
-    records: list[ImageRecord]
-    name: str
-
-    @property
-    def paths(self) -> list[str]:
-        return [r.path for r in self.records]
-
-
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -140,7 +129,7 @@ class Trainer:
             vis, ir = vis[: cfg.max_train_images], ir[: cfg.max_train_images]
         if not vis or not ir:
             raise ValueError(f"{cfg.data_root}: the training split has no visible or no infrared image")
-        self.train = {"visible": _ModalityData(vis, "visible"), "infrared": _ModalityData(ir, "infrared")}
+        self.train: dict[str, list[ImageRecord]] = {"visible": vis, "infrared": ir}
         self.model = build_model_from_config(cfg).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -191,7 +180,7 @@ class Trainer:
     def _extract(self, modality: str) -> torch.Tensor:
         cfg = self.cfg
         return extract_features(
-            self.model, self.train[modality].paths, cfg.height, cfg.width, self.device,
+            self.model, [r.path for r in self.train[modality]], cfg.height, cfg.width, self.device,
             batch_size=max(cfg.batch_size, 32), workers=cfg.workers, desc=f"features {modality}",
             cache=self.image_cache,
         )
@@ -204,7 +193,7 @@ class Trainer:
     def _loader(self, modality: str, labels: np.ndarray, seed: int):
         cfg = self.cfg
         keep = np.flatnonzero(labels >= 0)
-        recs = [self.train[modality].records[i] for i in keep]
+        recs = [self.train[modality][i] for i in keep]
         ds = ImageListDataset([r.path for r in recs], labels[keep].tolist(),
                               train_transform(modality, cfg.height, cfg.width, channel_exchange=cfg.channel_exchange,
                                               random_invert=cfg.random_invert),
@@ -217,7 +206,7 @@ class Trainer:
     def _label_quality(self, modalities: tuple[str, ...], labels: np.ndarray) -> float:
         """Adjusted Rand index of pseudo-labels (the modalities' samples, concatenated)
         against the true pids, over non-outliers: a diagnostic only, never used to train."""
-        pids = np.array([r.pid for m in modalities for r in self.train[m].records])
+        pids = np.array([r.pid for m in modalities for r in self.train[m]])
         keep = labels >= 0
         return float(adjusted_rand_score(pids[keep], labels[keep])) if keep.sum() > 1 else float("nan")
 
@@ -227,7 +216,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-        if self._optim_state is not None and self.start[0] == stage:
+        if self._optim_state is not None:  # resuming inside this stage
             self.optimizer.load_state_dict(self._optim_state[0])
             self.scheduler.load_state_dict(self._optim_state[1])
             self._optim_state = None
@@ -369,6 +358,8 @@ class Trainer:
         self.results["trained"] = self.evaluate()
         self.results["train_seconds"] = round(time.time() - t_start, 1)
         if self.optimizer is not None:
+            # add the results to the last checkpoint, keeping its end-of-epoch RNG states (evaluation
+            # draws from torch's RNG: DataLoader seeds), so that resuming from it stays exact
             ckpt = torch.load(self.out / CHECKPOINT_NAME, map_location="cpu", weights_only=False)
             ckpt["results"] = self.results
             _atomic_save(ckpt, self.out / CHECKPOINT_NAME)
