@@ -125,6 +125,8 @@ def evaluate_model(model: nn.Module, dataset_name: str, dataset, height: int, wi
     Raises:
         ValueError: unknown dataset name.
     """
+    if dataset_name not in ("regdb", "sysu", "llcm"):
+        raise ValueError(f"unknown dataset {dataset_name!r}; expected regdb, sysu or llcm")
     kw = dict(height=height, width=width, device=device, workers=workers, batch_size=batch_size)
     vis, ir = dataset.test_visible, dataset.test_infrared
     bank_v = _FeatureBank(extract_features(model, [r.path for r in vis], desc="test visible", **kw), vis)
@@ -144,7 +146,7 @@ def evaluate_model(model: nn.Module, dataset_name: str, dataset, height: int, wi
         for direction in ("v2t", "t2v"):
             q, g = protocols.regdb_query_gallery(dataset, direction=direction)
             results[direction] = run(q, g, eval_regdb)
-    elif dataset_name in ("sysu", "llcm"):
+    else:
         modes = ("all", "indoor") if dataset_name == "sysu" else ("ir2vis", "vis2ir")
         per_trial: dict[str, list] = {}
         for mode in modes:
@@ -159,8 +161,6 @@ def evaluate_model(model: nn.Module, dataset_name: str, dataset, height: int, wi
             results[mode] = _mean(trials)
             per_trial[mode] = trials
         results["per_trial"] = per_trial
-    else:
-        raise ValueError(f"unknown dataset {dataset_name!r}; expected regdb, sysu or llcm")
     return results
 
 
