@@ -1,4 +1,5 @@
-"""Image loading with clear errors, and a dataset over (path, label) lists."""
+"""Image loading with clear errors, and datasets over (path, label) lists
+(one view per image, or DMDL's two views per image: algorithm.md §A3)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,38 @@ class ImageListDataset(Dataset):
 
     def __getitem__(self, index: int):
         return self.transform(self._load(index)), self.labels[index], index
+
+
+class TwoViewDataset(ImageListDataset):
+    """Images with integer labels, two augmented views per image (algorithm.md
+    §A3; DMDL arXiv 2512.03745 Fig. 4): the reference loads an image once and
+    applies two independent transforms to it.
+
+    Items are ``(view0, view1, label, index)`` with ``view0 = transforms[0](img)``
+    and ``view1 = transforms[1](img)`` made from the SAME decoded RGB PIL image
+    (e.g. the pair from :func:`dmdl.data.transforms.train_views`). Caching and
+    errors are those of :class:`ImageListDataset` (``FileNotFoundError`` or
+    :class:`ImageReadError` naming the file when it is read).
+
+    Args:
+        paths: image file paths.
+        labels: one int per path.
+        transforms: the two callables (view 0, view 1) applied to the PIL image.
+        cache: as for :class:`ImageListDataset`.
+
+    Raises:
+        ValueError: lengths of ``paths`` and ``labels`` differ, or
+            ``transforms`` is not a pair of callables.
+    """
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int],
+                 transforms: tuple[Callable, Callable], cache: bool | dict = False):
+        transforms = tuple(transforms)
+        if len(transforms) != 2 or not all(callable(t) for t in transforms):
+            raise ValueError(f"transforms must be a pair of callables, got {transforms!r}")
+        super().__init__(paths, labels, transforms[0], cache=cache)
+        self.transforms = transforms
+
+    def __getitem__(self, index: int):
+        img = self._load(index)
+        return self.transforms[0](img), self.transforms[1](img), self.labels[index], index
