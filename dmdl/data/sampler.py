@@ -1,9 +1,21 @@
 """Camera-aware pseudo-identity sampler (algorithm.md §A4.2).
 
-Port of the behaviour of Cluster-Contrast's ``RandomMultipleGallerySampler``:
-for every pseudo-identity (shuffled) one random anchor image, then
-``num_instances - 1`` more images of the same identity taken preferentially from
-other cameras (without replacement when enough exist, else with replacement).
+Port of Cluster-Contrast's ``RandomMultipleGallerySampler`` (used unchanged by DMDL), with
+its replacement rule kept exactly, per shuffled pseudo-identity:
+
+1. one random anchor image;
+2. pool = the identity's images from OTHER cameras than the anchor's; if that is empty, the
+   identity's other images (any camera, anchor excluded);
+3. ``num_instances - 1`` images are drawn from the pool WITHOUT replacement when
+   ``len(pool) >= num_instances`` (sic: ``num_instances``, not ``num_instances - 1``, so a
+   pool of exactly ``num_instances - 1`` images is drawn WITH replacement), else WITH
+   replacement;
+4. an identity with a single image yields only its anchor (the reference's ``continue``).
+
+Point 4 shifts the alignment of the following identities with the batch boundaries (a batch
+may then mix ``num_instances``-groups across its edge); DBSCAN clusters (``min_samples`` 4)
+rarely have one member, so this matters little. ``pad_singletons=True`` instead repeats the
+anchor ``num_instances`` times (the fast-reid variant), which keeps the alignment.
 """
 
 from __future__ import annotations
@@ -16,28 +28,39 @@ from torch.utils.data import Sampler
 
 
 class PseudoIdentitySampler(Sampler[int]):
-    """Indices grouped by pseudo-label, ``num_instances`` consecutive per identity.
+    """Indices grouped by pseudo-label: per identity an anchor then ``num_instances - 1`` more.
 
     Args:
         labels: (N,) ints; -1 samples are never drawn.
         camids: (N,) camera ids.
         num_instances: images per identity in a batch.
-        seed: RNG seed of this sampler (one ``random.Random``).
+        seed: RNG seed of this sampler; every draw (shuffle, anchor, pool draws) uses one
+            ``random.Random(seed)``, so two samplers with the same arguments yield the same
+            sequence of epochs.
         min_length: an epoch yields at least this many indices: when there are
             too few pseudo-identities to fill it (e.g. one batch), further
             shuffled passes over the identities are appended.
+        pad_singletons: (keyword) False (default, reference behaviour): an identity with one
+            image yields 1 index; True: it yields its image ``num_instances`` times.
+
+    ``len(self)`` is exactly the number of indices ``__iter__`` yields: ``passes`` times the
+    per-pass size, where an identity contributes ``num_instances`` indices, or 1 if it has a
+    single image and ``pad_singletons`` is False.
 
     Raises:
-        ValueError: no labelled sample or ``num_instances < 1``.
+        ValueError: no labelled sample, ``num_instances < 1`` or ``labels``/``camids`` lengths differ.
     """
 
     def __init__(self, labels: Sequence[int], camids: Sequence[int], num_instances: int, seed: int = 0,
-                 min_length: int = 0):
+                 min_length: int = 0, *, pad_singletons: bool = False):
         if num_instances < 1:
             raise ValueError(f"num_instances must be >= 1, got {num_instances}")
         self.num_instances = num_instances
         self.labels = [int(x) for x in labels]
         self.camids = [int(c) for c in camids]
+        if len(self.labels) != len(self.camids):
+            raise ValueError(f"labels ({len(self.labels)}) and camids ({len(self.camids)}) differ in length")
+        self.pad_singletons = bool(pad_singletons)
         self.index_by_pid: dict[int, list[int]] = defaultdict(list)
         for i, pid in enumerate(self.labels):
             if pid >= 0:
@@ -46,11 +69,16 @@ class PseudoIdentitySampler(Sampler[int]):
         if not self.pids:
             raise ValueError("no labelled sample to draw from (every label is -1)")
         self.rng = random.Random(seed)
-        per_pass = len(self.pids) * num_instances
-        self.passes = max(1, -(-min_length // per_pass))
+        self.per_pass = sum(self._group_size(len(self.index_by_pid[p])) for p in self.pids)
+        self.passes = max(1, -(-min_length // self.per_pass))
+
+    def _group_size(self, members: int) -> int:
+        if members == 1 and not self.pad_singletons:
+            return 1
+        return self.num_instances
 
     def __len__(self) -> int:
-        return self.passes * len(self.pids) * self.num_instances
+        return self.passes * self.per_pass
 
     def __iter__(self) -> Iterator[int]:
         out: list[int] = []
@@ -60,22 +88,25 @@ class PseudoIdentitySampler(Sampler[int]):
 
     def _one_pass(self) -> list[int]:
         rng = self.rng
+        n = self.num_instances
+        k = n - 1
         pids = self.pids[:]
         rng.shuffle(pids)
         out: list[int] = []
-        k = self.num_instances - 1
         for pid in pids:
             members = self.index_by_pid[pid]
             anchor = rng.choice(members)
-            others = [i for i in members if i != anchor]
-            other_cam = [i for i in others if self.camids[i] != self.camids[anchor]]
-            pool = other_cam if other_cam else others
-            if not pool:
-                picks = [anchor] * k
-            elif len(pool) >= k:
-                picks = rng.sample(pool, k)
-            else:
-                picks = [rng.choice(pool) for _ in range(k)]
             out.append(anchor)
-            out.extend(picks)
+            cam = self.camids[anchor]
+            pool = [i for i in members if self.camids[i] != cam]  # excludes the anchor
+            if not pool:
+                pool = [i for i in members if i != anchor]
+                if not pool:  # single-image identity
+                    if self.pad_singletons:
+                        out.extend([anchor] * k)
+                    continue  # reference: emit only the anchor
+            if len(pool) >= n:  # reference rule: >= num_instances, not num_instances - 1
+                out.extend(rng.sample(pool, k))
+            else:
+                out.extend(rng.choice(pool) for _ in range(k))
         return out
