@@ -1,0 +1,142 @@
+"""The cross-modal memory: every cluster memory of one epoch, behind one object.
+
+A USL-VI-ReID epoch keeps several cluster memories (algorithm.md §A4.1, §A5.3):
+
+- one per modality (``"visible"``, ``"infrared"``), each over the labels its own
+  samples carry: in stage 1 its DBSCAN clusters, in stage 2 the *unified* ids
+  present among its samples (the anchor modality covers all K, the mapped one a
+  subset);
+- optionally a modality-shared memory (``"shared"``) over all K unified ids,
+  centroids of visible + infrared samples;
+- the label -> row table of each memory, and the modality prior
+  ``P(C = c) = N_c / (N_V + N_I)`` over non-outlier samples (§A5.3, used by CAI).
+
+Labels given to this object are always label-space ids (stage 1: per-modality
+cluster ids; stage 2: unified ids); the row lookup happens here, so the method
+code never handles memory rows.
+
+Update order (the reference leaves it to autograd's backward order; we define
+it): losses are computed with the memories as they are at forward time; after
+``loss.backward()`` the trainer calls :meth:`CrossModalMemory.update` for each
+(memory, samples) pair in this order:
+
+1. ``visible``  <- visible samples (original views, then augmented views, in batch order);
+2. ``infrared`` <- infrared samples (same order);
+3. stage 2: the anchor modality's memory <- the mapped modality's samples (the
+   "semi-cross-modality update" of §A5.5);
+4. ``shared`` (when present) <- visible samples, then infrared samples.
+
+Each update is the sequential momentum rule of
+:func:`dmdl.ops.memory.momentum_update_reference`; samples whose label has no
+row in that memory are skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dmdl.ops.memory import ClusterMemory, cluster_centroids
+
+MODALITIES = ("visible", "infrared")
+
+
+class CrossModalMemory(nn.Module):
+    """Per-modality memories, an optional shared memory, their label tables and the prior.
+
+    Build it with :meth:`build`. Memories are ``ClusterMemory`` modules in
+    ``self.memories[name]``; ``self.id_to_row[name]`` is a (K,) int64 tensor
+    mapping a label-space id to the row of that memory (-1: no row).
+
+    Attributes:
+        num_ids: K, the size of the label space (stage 1: unused, per-modality
+            spaces differ; stage 2: the unified space).
+        prior: ``{"visible": pi_V, "infrared": pi_I}``, non-outlier sample
+            shares (algorithm.md §A5.3).
+    """
+
+    def __init__(self, memories: Mapping[str, ClusterMemory], id_to_row: Mapping[str, Tensor],
+                 prior: Mapping[str, float], num_ids: int):
+        super().__init__()
+        self.memories = nn.ModuleDict(dict(memories))
+        self.id_to_row = {k: v for k, v in id_to_row.items()}
+        self.prior = dict(prior)
+        self.num_ids = num_ids
+
+    @classmethod
+    def build(cls, features: Mapping[str, Tensor], labels: Mapping[str, np.ndarray], temperature: float = 0.05,
+              momentum: float = 0.2, shared: bool = False) -> "CrossModalMemory":
+        """Memories from L2-normalised cluster centroids (rebuilt every epoch, §A4.1, §A5.3).
+
+        Args:
+            features: ``{"visible": (N_V, D), "infrared": (N_I, D)}`` float features, one device.
+            labels: the same keys, (N_c,) int arrays, -1 for outliers. Stage 1: each
+                modality's own clusters; stage 2: unified ids in [0, K).
+            temperature, momentum: of every memory (0.05 and 0.2 in DMDL).
+            shared: also build the modality-shared memory over ids 0..K-1, K =
+                max label + 1; every id must then have a member in some modality.
+
+        Raises:
+            ValueError: a modality without any labelled sample, or (``shared``) an
+                id in [0, K) without a member.
+        """
+        device = features["visible"].device
+        memories, tables, counts = {}, {}, {}
+        num_ids = 1 + max(int(np.max(labels[m], initial=-1)) for m in MODALITIES)
+        for m in MODALITIES:
+            lab = torch.as_tensor(np.asarray(labels[m]), dtype=torch.long)
+            ids = torch.unique(lab[lab >= 0])
+            if ids.numel() == 0:
+                raise ValueError(f"the {m} modality has no labelled sample: cannot build its memory")
+            lut = torch.full((num_ids,), -1, dtype=torch.long)
+            lut[ids] = torch.arange(len(ids))
+            rows = torch.where(lab >= 0, lut[lab.clamp_min(0)], lab)
+            cent = cluster_centroids(features[m].float(), rows.to(device), len(ids))
+            memories[m] = ClusterMemory.from_centroids(cent, temperature, momentum)
+            tables[m] = lut.to(device)
+            counts[m] = int((lab >= 0).sum())
+        if shared:
+            both = torch.cat([torch.as_tensor(np.asarray(labels[m]), dtype=torch.long) for m in MODALITIES])
+            cent = cluster_centroids(torch.cat([features[m].float() for m in MODALITIES]), both.to(device), num_ids)
+            memories["shared"] = ClusterMemory.from_centroids(cent, temperature, momentum)
+            tables["shared"] = torch.arange(num_ids, device=device)
+        total = sum(counts.values())
+        prior = {m: counts[m] / total for m in MODALITIES}
+        return cls(memories, tables, prior, num_ids)
+
+    def rows(self, name: str, labels: Tensor) -> Tensor:
+        """(B,) label-space ids -> (B,) rows of memory ``name`` (-1 where it has none)."""
+        lut = self.id_to_row[name]
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(lut)):
+            raise ValueError(f"labels must lie in [0, {len(lut)}) for memory {name!r}")
+        return lut[labels.to(lut.device)]
+
+    def logits(self, name: str, features: Tensor) -> Tensor:
+        """(B, D) features -> (B, K_name) cosine / temperature against memory ``name``."""
+        return self.memories[name].logits(features)
+
+    def loss(self, name: str, features: Tensor, labels: Tensor) -> Tensor:
+        """Contrastive (cross-entropy) loss of features against memory ``name`` (§A4.4, §A5.5).
+
+        Args:
+            features: (B, D) raw features (normalised inside).
+            labels: (B,) int64 label-space ids; every one must have a row in ``name``.
+
+        Raises:
+            ValueError: a label without a row in that memory.
+        """
+        rows = self.rows(name, labels)
+        if rows.numel() and int(rows.min()) < 0:
+            raise ValueError(f"memory {name!r} has no row for some labels; use the anchor or shared memory")
+        return self.memories[name](features, rows)
+
+    @torch.no_grad()
+    def update(self, name: str, features: Tensor, labels: Tensor) -> None:
+        """Momentum update of memory ``name``, samples in batch order; labels without a row skipped."""
+        rows = self.rows(name, labels)
+        keep = rows >= 0
+        if keep.any():
+            self.memories[name].update(features.detach()[keep], rows[keep])
