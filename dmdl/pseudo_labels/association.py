@@ -54,3 +54,47 @@ def imca(
     mapping = sim.argmax(dim=0)  # each IR cluster -> a visible cluster
     ui = torch.where(li >= 0, mapping[li.clamp_min(0)], li)
     return lv.numpy().copy(), ui.numpy(), cv.shape[0]
+
+
+def nearest_sample_matching(
+    features_visible: Tensor,
+    labels_visible: np.ndarray,
+    features_infrared: Tensor,
+    labels_infrared: np.ndarray,
+    anchor: str,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Sample-level matching, DMDL's RegDB variant of the association (algorithm.md §A5.2).
+
+    Every sample of the *mapped* modality, DBSCAN outliers included, takes the
+    label of its single nearest *anchor* sample by cosine similarity (features
+    L2-normalised here); a sample whose nearest anchor sample is an outlier gets
+    -1. Anchor labels are unchanged; the unified space is the anchor's clusters.
+    Ties go to the smaller anchor index (``torch.argmax``).
+
+    Args:
+        features_visible: (N_V, D) float; labels_visible: (N_V,) int, -1 outliers.
+        features_infrared, labels_infrared: the same for infrared.
+        anchor: ``"infrared"`` (visible samples are mapped) or ``"visible"``.
+
+    Returns:
+        (unified_visible (N_V,), unified_infrared (N_I,), K) with K = the
+        anchor's cluster count.
+
+    Raises:
+        ValueError: unknown anchor, or an anchor modality without clusters.
+    """
+    if anchor not in ("visible", "infrared"):
+        raise ValueError(f"anchor must be 'visible' or 'infrared', got {anchor!r}")
+    fv = torch.nn.functional.normalize(features_visible.float(), dim=1)
+    fi = torch.nn.functional.normalize(features_infrared.float(), dim=1)
+    lv = np.asarray(labels_visible, dtype=np.int64)
+    li = np.asarray(labels_infrared, dtype=np.int64)
+    anchor_labels = li if anchor == "infrared" else lv
+    if anchor_labels.max(initial=-1) < 0:
+        raise ValueError(f"the anchor modality ({anchor}) has no cluster to match against")
+    k = int(anchor_labels.max()) + 1
+    if anchor == "infrared":
+        nearest = (fv @ fi.t()).argmax(dim=1).cpu().numpy()
+        return li[nearest].copy(), li.copy(), k
+    nearest = (fi @ fv.t()).argmax(dim=1).cpu().numpy()
+    return lv.copy(), lv[nearest].copy(), k
