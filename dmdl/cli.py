@@ -13,15 +13,22 @@ DEMO_PRESET = "demo"
 
 def _cmd_train(args, extra) -> int:
     from dmdl.config import load_config
-    from dmdl.methods.dmdl import train
+    from dmdl.engine import parse_trials, train, train_trials
 
     overrides = list(extra)
     if args.data_root:
         overrides += ["--data-root", args.data_root]
+    trials = None
     if args.trial is not None:
-        overrides += ["--trial", str(args.trial)]
+        trials = parse_trials(args.trial)
+        if len(trials) == 1 and args.trial.strip().lower() != "all":
+            overrides += ["--trial", str(trials[0])]
+            trials = None
     cfg = load_config(args.config, overrides)
-    train(cfg)
+    if trials is None:
+        train(cfg)
+    else:
+        train_trials(cfg, trials)
     return 0
 
 
@@ -32,7 +39,7 @@ def _cmd_evaluate(args, extra) -> int:
 
     from dmdl.config import make_config
     from dmdl.evaluation.runner import evaluate_model, format_table
-    from dmdl.methods.dmdl import build_model_from_config, load_dataset, resolve_device, write_results
+    from dmdl.engine import build_model_from_config, load_dataset, resolve_device, write_results
 
     path = Path(args.checkpoint)
     if not path.is_file():
@@ -65,7 +72,7 @@ def _cmd_evaluate(args, extra) -> int:
 def _cmd_demo(args, extra) -> int:
     from dmdl.config import load_config
     from dmdl.data.toy import ensure_toy_dataset
-    from dmdl.methods.dmdl import train
+    from dmdl.engine import train
 
     root = args.data_root
     if root is None:
@@ -99,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "key can be overridden as --key value (e.g. --stage1-epochs 5 --eps 0.5).")
     t.add_argument("--config", required=True, help="preset name or YAML file")
     t.add_argument("--data-root", help="dataset folder in its raw layout")
-    t.add_argument("--trial", type=int, help="RegDB trial 1..10")
+    t.add_argument("--trial", help="RegDB trial: 1..10, a list such as 1,2,3 (one model per trial, then the "
+                                   "mean), or 'all' (the 10 trials, as the papers report RegDB)")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on the dataset's test protocol")

@@ -23,6 +23,8 @@ class Config:
     """Every knob of a training run. Defaults are DMDL's published values
     (algorithm.md §A1, §A8, §A10) for RegDB unless a preset says otherwise."""
 
+    method: str = "dmdl"  # the training method (dmdl.methods)
+
     # data
     dataset: str = "regdb"
     data_root: str | None = None
@@ -33,9 +35,10 @@ class Config:
     workers: int = 4
 
     # model (algorithm.md §A2)
-    arch: str = "resnet50"
+    arch: str = "resnet50"  # resnet18/34/50/101 (AGW) or mobilenet_v2
     pretrained: str = "imagenet"  # a .pth file, "imagenet" or "none"
-    non_local: bool = True
+    non_local: bool = True  # AGW non-local blocks (ResNets only: false for mobilenet_v2)
+    last_stride: int = 1
     channels_last: bool = False
 
     # schedule (algorithm.md §A1.1, §A10)
@@ -47,24 +50,35 @@ class Config:
     step_size: int = 20
     gamma: float = 0.1
 
-    # sampler (algorithm.md §A4.2): per-modality batch = num_ids * num_instances
+    # sampler (algorithm.md §A4.2): per-modality batch = num_ids * num_instances, each image in
+    # two views (§A3), so one step sees 4 * batch_size images
     batch_size: int = 128
     num_instances: int = 16
+
+    # augmentation (algorithm.md §A3): timm pixel-mode RandomErasing max area per stage
+    erasing_max_area: float = 0.5
+    erasing_max_area_stage2: float = 0.5  # RegDB stage 2: 0.6
 
     # memory (algorithm.md §A4.1, §A8)
     temperature: float = 0.05
     momentum: float = 0.2
 
-    # pseudo-labels (algorithm.md §A9)
+    # losses (algorithm.md §A4.4, §A5.5, §A8): lambda_tri(e) as "first_epoch:weight,..."
+    triplet_margin: float = 0.3
+    stage1_triplet: str = "0:0,16:0.25,26:0.5,36:1"
+    stage2_triplet: str = "0:0,11:0.5,21:1"
+
+    # pseudo-labels (algorithm.md §A5.1, §A5.2, §A9)
     k1: int = 30
     k2: int = 6
+    k1_mapped: int = 0  # stage 2: k1 of the mapped modality (SYSU/LLCM 15); 0 = k1 for both (RegDB)
     eps: float = 0.3
     min_samples: int = 4
+    renormalize: str = "stage2"  # L2-renormalise flip-averaged features: "always", "never", "stage2"
     association: str = "imca"
-    cross_weight: float = 0.25  # weight of the stage-2 cross-modality memory term
+    matching: str = "cluster"  # "cluster": iMCA every epoch; "regdb-cycle": sample-level on epoch % 5 >= 2
+    cross_weight: float = 0.25  # weight of the stage-2 cross-modality memory term (0 = off)
     cross_memory: str = "anchor"  # "anchor": PGM's mapped-vs-anchor memory; "shared": RGB+IR centroids
-    channel_exchange: float = 0.5  # probability of the visible channel augmentation (CA)
-    random_invert: float = 0.0  # probability of intensity inversion, both modalities (ours, not DMDL)
 
     # run
     seed: int = 1
@@ -96,12 +110,53 @@ class Config:
             raise ValueError("temperature and eps must be > 0")
         if self.cross_memory not in ("anchor", "shared"):
             raise ValueError(f"cross_memory must be 'anchor' or 'shared', got {self.cross_memory!r}")
+        from dmdl.methods import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if self.arch == "mobilenet_v2" and self.non_local:
+            raise ValueError("non_local: the non-local blocks exist for the ResNet AGW only; "
+                             "set --non-local false with --arch mobilenet_v2")
+        if self.last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, got {self.last_stride}")
+        if self.renormalize not in ("always", "never", "stage2"):
+            raise ValueError(f"renormalize must be 'always', 'never' or 'stage2', got {self.renormalize!r}")
+        if self.matching not in ("cluster", "regdb-cycle"):
+            raise ValueError(f"matching must be 'cluster' or 'regdb-cycle', got {self.matching!r}")
+        if self.k1_mapped < 0:
+            raise ValueError(f"k1_mapped must be >= 0, got {self.k1_mapped}")
+        for key in ("erasing_max_area", "erasing_max_area_stage2"):
+            if not 0.02 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"{key} must be in [0.02, 1], got {getattr(self, key)}")
+        for key in ("stage1_triplet", "stage2_triplet"):
+            parse_schedule(getattr(self, key), key)
         if self.association != "imca":
             raise ValueError(f"association {self.association!r} is not implemented; available: 'imca'")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def parse_schedule(text: str, name: str = "schedule") -> tuple[tuple[int, float], ...]:
+    """``"0:0,16:0.25"`` -> ``((0, 0.0), (16, 0.25))``: (first epoch, weight) pairs, for
+    :func:`dmdl.losses.triplet_weight`. An empty string is the empty schedule (weight 0).
+
+    Raises:
+        ValueError: malformed text, epochs not strictly increasing, or a negative weight.
+    """
+    pairs = []
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        try:
+            epoch, weight = part.split(":")
+            pairs.append((int(epoch), float(weight)))
+        except ValueError:
+            raise ValueError(f"{name}: cannot read {part!r} as first_epoch:weight (in {text!r})") from None
+    import math
+
+    if any(b[0] <= a[0] for a, b in zip(pairs, pairs[1:])) or any(not (math.isfinite(w) and w >= 0) for _, w in pairs):
+        raise ValueError(f"{name}: epochs must increase and weights be >= 0, got {text!r}")
+    return tuple(pairs)
 
 
 def preset_names() -> list[str]:
@@ -206,4 +261,4 @@ def load_config(name_or_path: str, overrides: Sequence[str] | dict[str, Any] = (
     return make_config(values)
 
 
-__all__ = ["Config", "load_config", "make_config", "parse_overrides", "preset_names"]
+__all__ = ["Config", "load_config", "make_config", "parse_overrides", "parse_schedule", "preset_names"]

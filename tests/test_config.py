@@ -40,3 +40,78 @@ def test_bad_overrides_raise(args, match):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown config 'nope'"):
         load_config("nope")
+
+
+# ---- parse_schedule, validate() of the newer keys, every preset, parse_trials ----
+
+from dmdl.config import Config, parse_schedule  # noqa: E402
+from dmdl.engine import parse_trials  # noqa: E402
+
+
+def test_parse_schedule_values():
+    assert parse_schedule("0:0,16:0.25") == ((0, 0.0), (16, 0.25))
+    assert parse_schedule(" 0:0 , 11:0.5 ,21:1 ") == ((0, 0.0), (11, 0.5), (21, 1.0))
+    assert parse_schedule("") == ()
+    assert parse_schedule("5:2") == ((5, 2.0),)
+
+
+@pytest.mark.parametrize("text", ["0-0", "0:a", "x:1", "0:0:1", "0:0,16", "0:0,0:1", "5:0,3:1", "0:-0.5"])
+def test_parse_schedule_rejects_bad_text_naming_the_key(text):
+    with pytest.raises(ValueError, match="stage1_triplet"):
+        parse_schedule(text, "stage1_triplet")
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--stage1-triplet", "0:0,0:1"], "stage1_triplet"),
+        (["--stage2-triplet", "0:x"], "stage2_triplet"),
+        (["--arch", "mobilenet_v2", "--non-local", "true"], "non_local"),
+        (["--last-stride", "3"], "last_stride"),
+        (["--renormalize", "sometimes"], "renormalize"),
+        (["--matching", "sample"], "matching"),
+        (["--erasing-max-area", "0.01"], "erasing_max_area"),
+        (["--erasing-max-area", "1.5"], "erasing_max_area"),
+        (["--erasing-max-area-stage2", "0"], "erasing_max_area_stage2"),
+        (["--erasing-max-area-stage2", "1.01"], "erasing_max_area_stage2"),
+        (["--method", "nope"], "method"),
+        (["--k1-mapped", "-1"], "k1_mapped"),
+        (["--cross-memory", "both"], "cross_memory"),
+    ],
+)
+def test_validate_rejects_new_keys(args, match):
+    with pytest.raises(ValueError, match=match):
+        load_config("regdb", args)
+
+
+def test_validate_accepts_new_key_values():
+    cfg = load_config("regdb", ["--arch", "mobilenet_v2", "--non-local", "false", "--last-stride", "2",
+                                "--renormalize", "always", "--matching", "regdb-cycle",
+                                "--erasing-max-area", "0.02", "--erasing-max-area-stage2", "1",
+                                "--stage1-triplet", "", "--cross-memory", "shared"])
+    assert (cfg.arch, cfg.non_local, cfg.last_stride, cfg.matching) == ("mobilenet_v2", False, 2, "regdb-cycle")
+    assert cfg.stage1_triplet == "" and cfg.erasing_max_area == 0.02
+    assert Config().validate() is not None
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_loads_and_validates(name):
+    cfg = load_config(name)
+    assert isinstance(cfg, Config)
+    assert cfg.validate() is cfg
+    parse_schedule(cfg.stage1_triplet)
+    parse_schedule(cfg.stage2_triplet)
+
+
+def test_parse_trials():
+    assert parse_trials("all") == list(range(1, 11))
+    assert parse_trials("ALL") == list(range(1, 11))
+    assert parse_trials("1,3") == [1, 3]
+    assert parse_trials("2") == [2]
+    assert parse_trials(10) == [10]
+
+
+@pytest.mark.parametrize("text", ["0", "11", "x", "", "1,11", "1;3"])
+def test_parse_trials_rejects(text):
+    with pytest.raises(ValueError, match="trial"):
+        parse_trials(text)

@@ -1,4 +1,4 @@
-"""End to end on a tiny generated RegDB-layout dataset: train, checkpoint, evaluate, resume."""
+"""End to end on a tiny generated RegDB-layout dataset: train, checkpoint, evaluate, resume, trials."""
 
 import csv
 import json
@@ -10,10 +10,10 @@ import torch
 from dmdl.cli import main
 from dmdl.config import load_config
 from dmdl.data.toy import make_toy_dataset
-from dmdl.methods.dmdl import CHECKPOINT_NAME, RESULTS_NAME, Trainer
+from dmdl.engine import CHECKPOINT_NAME, RESULTS_NAME, Engine as Trainer
 
 TINY = [
-    "--arch", "resnet18", "--height", "64", "--width", "32", "--iters", "2", "--batch-size", "16",
+    "--height", "64", "--width", "32", "--iters", "2", "--batch-size", "16",
     "--num-instances", "4", "--k1", "6", "--k2", "2", "--eps", "0.5", "--workers", "0",
 ]
 
@@ -46,6 +46,9 @@ def test_train_then_evaluate_reproduces(toy_root, tmp_path, capsys):
     assert [(r["stage"], r["epoch"]) for r in rows] == [("1", "0"), ("2", "0")]
     assert all(None not in r for r in rows)  # no row has more fields than the header
     assert rows[0]["ari_unified"] == "" and 0 < int(rows[1]["unified_ids"])
+    assert rows[1]["matching"] == "cluster->infrared"  # stage 2 epoch 0: iMCA, IR anchor
+    for key in ("seconds_features", "seconds_clustering", "seconds_training"):
+        assert float(rows[0][key]) >= 0
 
     rc = main(["evaluate", "--dataset", "regdb", "--data-root", toy_root,
                "--checkpoint", str(out / CHECKPOINT_NAME), "--workers", "0"])
@@ -82,3 +85,26 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert str(tmp_path / "missing") in capsys.readouterr().err
     with pytest.raises(SystemExit, match="checkpoint not found"):
         main(["evaluate", "--dataset", "regdb", "--data-root", str(tmp_path), "--checkpoint", str(tmp_path / "x.pth")])
+
+
+def test_trial_list_trains_one_model_per_trial_and_averages(toy_root, tmp_path, capsys):
+    out = tmp_path / "trials"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(["train", "--config", "regdb-cpu", "--data-root", toy_root, "--trial", "1,2", *TINY,
+                   "--stage1-epochs", "1", "--stage2-epochs", "0", "--output-dir", str(out)])
+    assert rc == 0
+    summary = json.loads((out / "results_trials.json").read_text())
+    assert set(summary["trials"]) == {"1", "2"}
+    for t in ("1", "2"):
+        assert (out / f"trial{t}" / CHECKPOINT_NAME).is_file()
+        cfg = json.loads((out / f"trial{t}" / "config.json").read_text())
+        assert cfg["trial"] == int(t)
+    # the mean row is the mean of the per-trial rows
+    for model in ("untrained", "trained"):
+        for direction in ("v2t", "t2v"):
+            for k in ("rank1", "mAP", "mINP"):
+                vals = [summary["trials"][t][model][direction][k] for t in ("1", "2")]
+                assert summary["mean"][model][direction][k] == pytest.approx(sum(vals) / 2)
+    printed = capsys.readouterr().out
+    assert "mean" in printed and "results_trials.json" in printed

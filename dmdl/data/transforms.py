@@ -156,44 +156,6 @@ def test_transform(height: int, width: int) -> T.Compose:
     )
 
 
-def train_transform(modality: str, height: int, width: int, erasing_max_area: float = 0.5,
-                    channel_exchange: float = 0.5, random_invert: float = 0.0) -> T.Compose:
-    """Training view of one modality (algorithm.md §A3).
-
-    Resize, pad 10, random crop, horizontal flip, ToTensor, normalise, random
-    erasing with per-pixel N(0, 1) noise (p 0.5, area 0.02-``erasing_max_area``,
-    aspect 0.3-3.33); then visible images get :class:`ChannelExchange` with
-    probability ``channel_exchange`` (the baseline's "CA", a single view mixing
-    DMDL's original and CA views) and infrared images :class:`ChannelAdapGray`.
-    ``random_invert`` > 0 inverts intensities (torchvision ``RandomInvert``) with
-    that probability before ToTensor, in both modalities: an option of ours
-    (not in DMDL) that makes features contrast-polarity invariant.
-
-    Raises:
-        ValueError: unknown modality.
-    """
-    if modality not in ("visible", "infrared"):
-        raise ValueError(f"modality must be 'visible' or 'infrared', got {modality!r}")
-    ops = [
-        T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC),
-        T.Pad(10),
-        T.RandomCrop((height, width)),
-        T.RandomHorizontalFlip(0.5),
-    ]
-    if random_invert > 0:
-        ops.append(T.RandomInvert(random_invert))
-    ops += [
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        T.RandomErasing(p=0.5, scale=(0.02, erasing_max_area), ratio=(0.3, 3.33), value="random"),
-    ]
-    if modality == "infrared":
-        ops.append(ChannelAdapGray(0.5))
-    elif channel_exchange > 0:
-        ops.append(ChannelExchange(gray=2, p=channel_exchange))
-    return T.Compose(ops)
-
-
 def _geometric(height: int, width: int) -> list:
     """Steps 1-4 of algorithm.md §A3: bicubic resize, zero pad 10, random crop, flip."""
     return [

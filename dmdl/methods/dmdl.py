@@ -1,267 +1,124 @@
-"""The two-stage USL-VI-ReID trainer (algorithm.md §A1), baseline losses.
+"""DMDL's two-stage method (algorithm.md §A1-§A5, §A8), baseline losses.
 
-Stage 1 (single-modality): per modality, every epoch: features -> Jaccard ->
-DBSCAN -> cluster memory from centroids -> ``iters`` iterations of
-``L = L_id^V + L_id^I`` (memory contrastive loss, algorithm.md §A4.4 without
-the CBT terms).
+Inside every epoch (the engine runs the epochs, see :mod:`dmdl.engine`):
 
-Stage 2 (cross-modality): the same clustering, then iMCA (§A5.2) maps one
-modality's clusters into the other's label space (the anchor alternates: IR on
-even epochs, visible on odd ones). Per modality a memory over the unified ids
-it covers (§A5.3); loss ``L_id^V + L_id^I + cross_weight * L_cross`` where
-``L_cross`` is the mapped modality's features against the anchor memory (PGM's
-alternating cross-contrastive term, spec part C). Memory updates after each
-backward, in this order: visible samples -> visible memory, infrared samples ->
-infrared memory, mapped-modality samples -> anchor memory (the
-"semi-cross-modality update" of §A5.5).
+1. features of both modalities' training images (flip-averaged; L2-renormalised
+   per ``cfg.renormalize``: RegDB renormalises in stage 2 only, SYSU/LLCM never);
+2. Jaccard + DBSCAN per modality (stage 2: the mapped modality with
+   ``k1_mapped`` when set, §A5.1);
+3. stage 2: association into one unified label space (§A5.2): iMCA, or on
+   RegDB's cycle (``matching: regdb-cycle``) sample-level nearest-neighbour
+   matching on epochs with ``epoch % 5 >= 2``; the anchor modality is IR on
+   even epochs and visible on odd ones;
+4. memories from centroids (:class:`dmdl.memories.CrossModalMemory`);
+5. ``iters`` steps. Each step: 2 x batch_size visible images (originals, then
+   their CA views) and 2 x batch_size infrared images (originals, then their
+   pseudo-colour views), one forward through the shared backbone, and
 
-CAI and CBT (DMDL's contributions) replace ``L_cross`` in a later version.
+   ``L = L_id^V + L_id^I + lambda_tri(e) [Tri(f^V) + Tri(f^I)] (+ cross_weight L_cross in stage 2)``
 
-Stage 2 starts with a fresh optimizer and LR schedule (§A1) and continues from
-the stage-1 weights. No test-set model selection: the final model is the one
-evaluated (the reference code picks the best epoch on the test set; we don't).
+   where ``L_id^c`` is the memory contrastive loss of modality c against its own
+   memory (both views, hard pseudo-labels, tau = 0.05), Tri the batch-hard
+   triplet loss on raw BN features (margin 0.3) within a modality, and
+   ``L_cross`` PGM's term (the mapped modality's features against the anchor
+   memory) or, with ``cross_memory: shared``, both modalities against the shared
+   memory. Memory updates follow the order documented in :mod:`dmdl.memories`.
+
+DMDL's own modules (CAI, CBT's label and feature levels) replace ``L_cross``
+and add terms in a later version; this module is the baseline they build on.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import os
-import random
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import adjusted_rand_score
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dmdl.config import Config
-from dmdl.data.loading import ImageListDataset
-from dmdl.data.records import ImageRecord
-from dmdl.data.sampler import PseudoIdentitySampler
-from dmdl.data.transforms import train_transform
-from dmdl.evaluation.runner import evaluate_model, extract_features, format_table
-from dmdl.ops.memory import ClusterMemory, cluster_centroids
-from dmdl.pseudo_labels import cluster_features, imca
+from dmdl.config import parse_schedule
+from dmdl.losses import triplet_loss, triplet_weight
+from dmdl.memories import MODALITIES, CrossModalMemory
+from dmdl.pseudo_labels import cluster_features, imca, nearest_sample_matching
 
-CHECKPOINT_NAME = "checkpoint.pth"
-RESULTS_NAME = "results.json"
-# one row per epoch; the unified-label columns stay empty in stage 1
-LOG_FIELDS = (
-    "stage", "epoch", "lr",
-    "clusters_visible", "outliers_visible", "ari_visible",
-    "clusters_infrared", "outliers_infrared", "ari_infrared",
-    "unified_ids", "ari_unified", "loss", "seconds",
-)
+# kept importable from here for older scripts
+from dmdl.engine import CHECKPOINT_NAME, RESULTS_NAME, Engine, train  # noqa: F401
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch RNGs."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def _other(modality: str) -> str:
+    return "infrared" if modality == "visible" else "visible"
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``.
+class DMDL:
+    """The DMDL method: pseudo-labels, memories and the training step of one epoch.
 
-    Raises:
-        RuntimeError: a CUDA device was asked for but torch sees none.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but torch.cuda.is_available() is False")
-    return dev
-
-
-def load_dataset(name: str, root: str, trial: int = 1):
-    """The reader of ``name`` (``regdb``, ``sysu``, ``llcm``) on ``root``.
-
-    Raises:
-        ValueError: unknown name or missing root.
-    """
-    from dmdl.data.llcm import LLCM
-    from dmdl.data.regdb import RegDB
-    from dmdl.data.sysu import SYSUMM01
-
-    if not root:
-        raise ValueError("data_root is not set: pass --data-root DIR")
-    if name == "regdb":
-        return RegDB(root, trial=trial)
-    if name == "sysu":
-        return SYSUMM01(root)
-    if name == "llcm":
-        return LLCM(root)
-    raise ValueError(f"unknown dataset {name!r}; expected regdb, sysu or llcm")
-
-
-def build_model_from_config(cfg: Config, pretrained: str | None = None):
-    from dmdl.models import build_model
-
-    return build_model(cfg.arch, pretrained=cfg.pretrained if pretrained is None else pretrained,
-                       non_local=cfg.non_local)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-class Trainer:
-    """Runs :class:`Config` end to end: untrained evaluation, stage 1, stage 2,
-    final evaluation; a checkpoint every epoch (resumable with ``cfg.resume``).
+    Args:
+        engine: the :class:`dmdl.engine.Engine` running it (model, optimizer,
+            data factory, config).
     """
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg.validate()
-        self.device = resolve_device(cfg.device)
-        self.out = Path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        seed_everything(cfg.seed)
-        self.dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.trial)
-        vis, ir = self.dataset.train_visible, self.dataset.train_infrared
-        if cfg.max_train_images:
-            vis, ir = vis[: cfg.max_train_images], ir[: cfg.max_train_images]
-        if not vis or not ir:
-            raise ValueError(f"{cfg.data_root}: the training split has no visible or no infrared image")
-        self.train: dict[str, list[ImageRecord]] = {"visible": vis, "infrared": ir}
-        self.model = build_model_from_config(cfg).to(self.device)
-        if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.image_cache: dict | bool = {} if cfg.cache_images else False
-        self.results: dict[str, dict] = {}
-        self.start = (1, 0)  # (stage, epoch) to run next
-        self.optimizer = None
-        self.scheduler = None
-        self._optim_state = None
-        if cfg.resume:
-            self._load_checkpoint(cfg.resume)
-        (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    def __init__(self, engine):
+        self.engine = engine
+        self.cfg = engine.cfg
+        self.triplet_schedule = {1: parse_schedule(self.cfg.stage1_triplet, "stage1_triplet"),
+                                 2: parse_schedule(self.cfg.stage2_triplet, "stage2_triplet")}
 
-    # ------------------------------------------------------------------ checkpoints
-    def _load_checkpoint(self, path: str) -> None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(ckpt["model"])
-        self.results = ckpt.get("results", {})
-        stage, epoch = ckpt["stage"], ckpt["epoch"]
-        epochs = self.cfg.stage1_epochs if stage == 1 else self.cfg.stage2_epochs
-        self.start = (stage, epoch + 1) if epoch + 1 < epochs else (stage + 1, 0)
-        if self.start[0] == stage:
-            self._optim_state = (ckpt["optimizer"], ckpt["scheduler"])
-        rng = ckpt["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        print(f"resumed from {path}: stage {stage} epoch {epoch} done; next stage {self.start[0]} epoch {self.start[1]}")
+    # ------------------------------------------------------------------ pseudo-labels
+    def anchor(self, epoch: int) -> str:
+        """Stage-2 anchor modality: infrared on even epochs, visible on odd ones (§A5.2)."""
+        return "infrared" if epoch % 2 == 0 else "visible"
 
-    def _save_checkpoint(self, stage: int, epoch: int) -> None:
-        _atomic_save(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "stage": stage,
-                "epoch": epoch,
-                "config": self.cfg.to_dict(),
-                "results": self.results,
-                "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-            },
-            self.out / CHECKPOINT_NAME,
-        )
+    def matching(self, epoch: int) -> str:
+        """``"cluster"`` (iMCA) or ``"sample"`` (nearest sample) for a stage-2 epoch (§A5.2)."""
+        if self.cfg.matching == "regdb-cycle" and epoch % 5 >= 2:
+            return "sample"
+        return "cluster"
 
-    # ------------------------------------------------------------------ pieces
-    def _extract(self, modality: str) -> torch.Tensor:
+    def pseudo_labels(self, stage: int, epoch: int, feats: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+        """DBSCAN labels per modality, unified in stage 2.
+
+        Returns:
+            (labels, stats): ``labels[m]`` (N_m,) int64 NumPy, -1 outliers (stage 1:
+            each modality's clusters; stage 2: unified ids); stats for the log.
+        """
         cfg = self.cfg
-        return extract_features(
-            self.model, [r.path for r in self.train[modality]], cfg.height, cfg.width, self.device,
-            batch_size=max(cfg.batch_size, 32), workers=cfg.workers, desc=f"features {modality}",
-            cache=self.image_cache,
-        )
-
-    def _cluster(self, feats: torch.Tensor, modality: str) -> np.ndarray:
-        cfg = self.cfg
-        return cluster_features(feats, k1=cfg.k1, k2=cfg.k2, eps=cfg.eps, min_samples=cfg.min_samples,
-                                name=f"{modality} training features")
-
-    def _loader(self, modality: str, labels: np.ndarray, seed: int):
-        cfg = self.cfg
-        keep = np.flatnonzero(labels >= 0)
-        recs = [self.train[modality][i] for i in keep]
-        ds = ImageListDataset([r.path for r in recs], labels[keep].tolist(),
-                              train_transform(modality, cfg.height, cfg.width, channel_exchange=cfg.channel_exchange,
-                                              random_invert=cfg.random_invert),
-                              cache=self.image_cache)
-        sampler = PseudoIdentitySampler(labels[keep], [r.camid for r in recs], cfg.num_instances, seed=seed,
-                                        min_length=cfg.batch_size)
-        return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                          drop_last=True, pin_memory=self.device.type == "cuda")
-
-    def _label_quality(self, modalities: tuple[str, ...], labels: np.ndarray) -> float:
-        """Adjusted Rand index of pseudo-labels (the modalities' samples, concatenated)
-        against the true pids, over non-outliers: a diagnostic only, never used to train."""
-        pids = np.array([r.pid for m in modalities for r in self.train[m]])
-        keep = labels >= 0
-        return float(adjusted_rand_score(pids[keep], labels[keep])) if keep.sum() > 1 else float("nan")
-
-    # ------------------------------------------------------------------ epochs
-    def _make_optimizer(self, stage: int) -> None:
-        cfg = self.cfg
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-        if self._optim_state is not None:  # resuming inside this stage
-            self.optimizer.load_state_dict(self._optim_state[0])
-            self.scheduler.load_state_dict(self._optim_state[1])
-            self._optim_state = None
-
-    def _epoch(self, stage: int, epoch: int) -> dict:
-        cfg = self.cfg
-        t0 = time.time()
-        feats = {m: self._extract(m) for m in ("visible", "infrared")}
-        labels = {m: self._cluster(feats[m], m) for m in ("visible", "infrared")}
-        stats = {"stage": stage, "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
-        for m in labels:
+        eng = self.engine
+        anchor = self.anchor(epoch) if stage == 2 else None
+        labels, stats = {}, {}
+        for m in MODALITIES:
+            k1 = cfg.k1_mapped if (stage == 2 and cfg.k1_mapped and m != anchor) else cfg.k1
+            labels[m] = cluster_features(feats[m], k1=k1, k2=cfg.k2, eps=cfg.eps, min_samples=cfg.min_samples,
+                                         renormalize=False, name=f"{m} training features")
             stats[f"clusters_{m}"] = int(labels[m].max() + 1)
             stats[f"outliers_{m}"] = int((labels[m] < 0).sum())
-            stats[f"ari_{m}"] = self._label_quality((m,), labels[m])
-
-        anchor = mapped = None
+            stats[f"ari_{m}"] = eng.label_quality((m,), labels[m])
         if stage == 2:
-            anchor = "infrared" if epoch % 2 == 0 else "visible"
-            mapped = "visible" if anchor == "infrared" else "infrared"
-            uv, ui, num_unified = imca(feats["visible"], labels["visible"], feats["infrared"],
-                                       labels["infrared"], anchor=anchor)
+            how = self.matching(epoch)
+            assoc = imca if how == "cluster" else nearest_sample_matching
+            uv, ui, num_unified = assoc(feats["visible"], labels["visible"], feats["infrared"], labels["infrared"],
+                                        anchor=anchor)
             labels = {"visible": uv, "infrared": ui}
             stats["unified_ids"] = num_unified
-            stats["ari_unified"] = self._label_quality(("visible", "infrared"),
-                                                      np.concatenate([uv, ui]))
+            stats["ari_unified"] = eng.label_quality(MODALITIES, np.concatenate([uv, ui]))
+            stats["matching"] = f"{how}->{anchor}"
+        return labels, stats
 
-        # memories over the (unified) ids each modality covers; lookup unified id -> memory row
-        memories, to_row = {}, {}
-        for m in ("visible", "infrared"):
-            lab = torch.as_tensor(labels[m])
-            ids = torch.unique(lab[lab >= 0])
-            lut = torch.full((int(lab.max()) + 1,), -1, dtype=torch.long)
-            lut[ids] = torch.arange(len(ids))
-            rows = torch.where(lab >= 0, lut[lab.clamp_min(0)], lab)
-            cent = cluster_centroids(feats[m], rows.to(feats[m].device), len(ids))
-            memories[m] = ClusterMemory.from_centroids(cent, cfg.temperature, cfg.momentum).to(self.device)
-            to_row[m] = lut.to(self.device)
-        if stage == 2 and cfg.cross_memory == "shared":
-            both = torch.cat([torch.as_tensor(labels["visible"]), torch.as_tensor(labels["infrared"])])
-            cent = cluster_centroids(torch.cat([feats["visible"], feats["infrared"]]), both.to(self.device),
-                                     num_unified)
-            memories["shared"] = ClusterMemory.from_centroids(cent, cfg.temperature, cfg.momentum).to(self.device)
+    # ------------------------------------------------------------------ one epoch
+    def epoch(self, stage: int, epoch: int) -> dict:
+        """Pseudo-labels, memories and ``cfg.iters`` training steps; returns log fields."""
+        cfg = self.cfg
+        eng = self.engine
+        t0 = time.time()
+        renorm = cfg.renormalize == "always" or (cfg.renormalize == "stage2" and stage == 2)
+        feats = {m: eng.extract(m, renormalize=renorm) for m in MODALITIES}
+        t1 = time.time()
+        labels, stats = self.pseudo_labels(stage, epoch, feats)
+        shared = stage == 2 and cfg.cross_weight > 0 and cfg.cross_memory == "shared"
+        memory = CrossModalMemory.build(feats, labels, cfg.temperature, cfg.momentum, shared=shared)
+        t2 = time.time()
 
         seed = cfg.seed * 100003 + stage * 1000 + epoch
-        loaders = {m: self._loader(m, labels[m], seed + i) for i, m in enumerate(("visible", "infrared"))}
+        loaders = {m: eng.train_loader(m, labels[m], stage, seed + i) for i, m in enumerate(MODALITIES)}
         iters = {m: iter(loaders[m]) for m in loaders}
 
         def next_batch(m):
@@ -271,110 +128,83 @@ class Trainer:
                 iters[m] = iter(loaders[m])
                 return next(iters[m])
 
-        self.model.train()
-        losses = []
+        anchor = self.anchor(epoch) if stage == 2 else None
+        w_tri = triplet_weight(self.triplet_schedule[stage], epoch)
+        eng.model.train()
+        sums = {"loss": 0.0, "loss_id": 0.0, "loss_cross": 0.0, "loss_triplet": 0.0}
         bar = tqdm(range(cfg.iters), desc=f"stage {stage} epoch {epoch}", leave=False, dynamic_ncols=True)
         for _ in bar:
-            xv, yv, _ = next_batch("visible")
-            xi, yi, _ = next_batch("infrared")
-            x = torch.cat([xv, xi]).to(self.device, non_blocking=True)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = {"visible": yv.to(self.device), "infrared": yi.to(self.device)}
-            f = self.model(x)
-            f = {"visible": f[: len(xv)], "infrared": f[len(xv):]}
-            rows = {m: to_row[m][y[m]] for m in f}
-            loss = memories["visible"](f["visible"], rows["visible"]) + memories["infrared"](f["infrared"], rows["infrared"])
-            if stage == 2 and cfg.cross_weight > 0:
-                if cfg.cross_memory == "shared":  # rows of the shared memory are the unified ids
-                    cross = memories["shared"](f["visible"], y["visible"]) + memories["shared"](f["infrared"], y["infrared"])
-                else:  # the anchor memory covers every unified id: its rows are the unified ids
-                    cross = memories[anchor](f[mapped], to_row[anchor][y[mapped]])
-                loss = loss + cfg.cross_weight * cross
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"stage {stage} epoch {epoch}: the loss is {loss.item()}; lower lr")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            for m in ("visible", "infrared"):
-                memories[m].update(f[m].detach(), rows[m])
-            if stage == 2:
-                memories[anchor].update(f[mapped].detach(), to_row[anchor][y[mapped]])
-                if "shared" in memories:
-                    for m in ("visible", "infrared"):
-                        memories["shared"].update(f[m].detach(), y[m])
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        self.scheduler.step()
-        stats["loss"] = float(np.mean(losses))
-        stats["seconds"] = round(time.time() - t0, 1)
+            batch = {m: next_batch(m) for m in MODALITIES}
+            parts = self.step(batch, memory, stage, anchor, w_tri)
+            for k, v in parts.items():
+                sums[k] += v
+            bar.set_postfix(loss=f"{parts['loss']:.3f}")
+        stats.update({k: v / max(cfg.iters, 1) for k, v in sums.items()})
+        stats["seconds_features"] = round(t1 - t0, 1)
+        stats["seconds_clustering"] = round(t2 - t1, 1)
+        stats["seconds_training"] = round(time.time() - t2, 1)
         return stats
 
-    # ------------------------------------------------------------------ run
-    def evaluate(self) -> dict:
+    def step(self, batch: dict, memory: CrossModalMemory, stage: int, anchor: str | None, w_tri: float) -> dict:
+        """One optimisation step on a visible and an infrared two-view batch.
+
+        Args:
+            batch: ``{m: (view0 (B,3,H,W), view1 (B,3,H,W), labels (B,), index (B,))}``.
+            memory: this epoch's memories; updated after the step (order in :mod:`dmdl.memories`).
+            stage: 1 or 2. anchor: stage-2 anchor modality.
+            w_tri: lambda_tri of this epoch.
+
+        Returns:
+            The loss and its parts as floats.
+
+        Raises:
+            FloatingPointError: a non-finite loss.
+        """
         cfg = self.cfg
-        return evaluate_model(self.model, cfg.dataset, self.dataset, cfg.height, cfg.width, self.device,
-                              workers=cfg.workers, batch_size=max(cfg.batch_size, 32))
+        eng = self.engine
+        device = eng.device
+        views, y = [], {}
+        for m in MODALITIES:
+            v0, v1, lab, _ = batch[m]
+            views += [v0, v1]
+            y[m] = torch.cat([lab, lab]).to(device)  # both views share the pseudo-label
+        x = torch.cat(views).to(device, non_blocking=True)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = eng.model(x)
+        n = len(y["visible"])
+        f = {"visible": out[:n], "infrared": out[n:]}
 
-    def run(self) -> dict:
-        """Train both stages and evaluate; returns ``{"untrained": ..., "trained": ...}``."""
-        cfg = self.cfg
-        t_start = time.time()
-        if cfg.eval_untrained and "untrained" not in self.results:
-            print("evaluating the untrained model ...")
-            self.results["untrained"] = self.evaluate()
-            print(format_table({"untrained": self.results["untrained"]}))
-        log_path = self.out / "log.csv"
-        writer = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        loss_id = memory.loss("visible", f["visible"], y["visible"]) + memory.loss("infrared", f["infrared"], y["infrared"])
+        loss = loss_id
+        loss_cross = torch.zeros((), device=device)
+        if stage == 2 and cfg.cross_weight > 0:
+            if cfg.cross_memory == "shared":
+                loss_cross = memory.loss("shared", f["visible"], y["visible"]) + \
+                    memory.loss("shared", f["infrared"], y["infrared"])
+            else:
+                mapped = _other(anchor)
+                loss_cross = memory.loss(anchor, f[mapped], y[mapped])
+            loss = loss + cfg.cross_weight * loss_cross
+        loss_tri = torch.zeros((), device=device)
+        if w_tri > 0:
+            loss_tri = triplet_loss(f["visible"], y["visible"], cfg.triplet_margin) + \
+                triplet_loss(f["infrared"], y["infrared"], cfg.triplet_margin)
+            loss = loss + w_tri * loss_tri
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"stage {stage}: the loss is {loss.item()}; lower the learning rate (--lr)")
+        eng.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        eng.optimizer.step()
 
-            writer = SummaryWriter(str(self.out / "tensorboard"))
-        except ImportError:  # tensorboard is an install requirement; keep training if it is broken
-            print("tensorboard is not importable: logging to log.csv only")
-        for stage, epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
-            if stage < self.start[0] or epochs == 0:
-                continue
-            self._make_optimizer(stage)
-            first = self.start[1] if stage == self.start[0] else 0
-            for epoch in range(first, epochs):
-                stats = self._epoch(stage, epoch)
-                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
-                new = not log_path.exists()
-                with open(log_path, "a", newline="") as fh:
-                    w = csv.DictWriter(fh, fieldnames=LOG_FIELDS, restval="")
-                    if new:
-                        w.writeheader()
-                    w.writerow(stats)
-                if writer is not None:
-                    step = (0 if stage == 1 else cfg.stage1_epochs) + epoch
-                    for k, v in stats.items():
-                        if k not in ("stage", "epoch"):
-                            writer.add_scalar(f"stage{stage}/{k}", v, step)
-                self._save_checkpoint(stage, epoch)
-        if writer is not None:
-            writer.close()
-        print("evaluating the trained model ...")
-        self.results["trained"] = self.evaluate()
-        self.results["train_seconds"] = round(time.time() - t_start, 1)
-        if self.optimizer is not None:
-            # add the results to the last checkpoint, keeping its end-of-epoch RNG states (evaluation
-            # draws from torch's RNG: DataLoader seeds), so that resuming from it stays exact
-            ckpt = torch.load(self.out / CHECKPOINT_NAME, map_location="cpu", weights_only=False)
-            ckpt["results"] = self.results
-            _atomic_save(ckpt, self.out / CHECKPOINT_NAME)
-        report = {k: v for k, v in self.results.items() if k in ("untrained", "trained")}
-        print(format_table(report))
-        write_results(self.out / RESULTS_NAME, self.results, cfg.to_dict())
-        return self.results
-
-
-def write_results(path: Path, results: dict, config: dict) -> None:
-    """Results JSON: metrics in percent, plus the config that produced them."""
-    payload = {"units": "percent", "results": results, "config": config}
-    Path(path).write_text(json.dumps(payload, indent=2))
-
-
-def train(cfg: Config) -> dict:
-    """Train with ``cfg``; see :class:`Trainer`."""
-    return Trainer(cfg).run()
+        with torch.no_grad():  # the documented update order (dmdl.memories)
+            for m in MODALITIES:
+                memory.update(m, f[m], y[m])
+            if stage == 2:
+                mapped = _other(anchor)
+                memory.update(anchor, f[mapped], y[mapped])
+                if "shared" in memory.memories:
+                    for m in MODALITIES:
+                        memory.update("shared", f[m], y[m])
+        return {"loss": loss.item(), "loss_id": loss_id.item(), "loss_cross": loss_cross.item(),
+                "loss_triplet": loss_tri.item()}
