@@ -122,3 +122,29 @@ def test_min_length_repeats_identities_to_fill_a_batch():
     idx = list(s)
     assert len(idx) == len(s) == 12  # 3 passes of 2 ids x 2
     assert Counter(labels[i] for i in idx) == {0: 6, 1: 6}
+
+
+def test_inter_modality_samplers_pair_identities_position_by_position():
+    from dmdl.data.sampler import shared_identity_order
+
+    # visible has ids 0..3 (id 3 a singleton), infrared ids 0..2 and 4
+    lv = [0] * 5 + [1] * 5 + [2] * 5 + [3]
+    li = [0] * 4 + [1] * 4 + [2] * 4 + [4] * 4
+    order = shared_identity_order(lv, li, seed=3)
+    assert sorted(order) == [0, 1, 2, 3, 4]
+    assert order == shared_identity_order(li, lv, seed=3)  # symmetric, seeded
+    n = 4
+    sv = PseudoIdentitySampler(lv, [0] * len(lv), n, seed=1, id_order=order)
+    si = PseudoIdentitySampler(li, [1] * len(li), n, seed=2, id_order=order)
+    xv, xi = list(sv), list(si)
+    assert len(xv) == len(sv) == len(xi) == len(si) == 5 * n
+    for g, pid in enumerate(order):
+        gv = [lv[j] for j in xv[g * n:(g + 1) * n]]
+        gi = [li[j] for j in xi[g * n:(g + 1) * n]]
+        assert len(set(gv)) == 1 and len(set(gi)) == 1  # one identity per group
+        if pid in lv:
+            assert gv[0] == pid
+        if pid in li:
+            assert gi[0] == pid
+        if pid in lv and pid in li:
+            assert gv[0] == gi[0]  # the same identity at the same position in both modalities

@@ -16,6 +16,13 @@ Point 4 shifts the alignment of the following identities with the batch boundari
 may then mix ``num_instances``-groups across its edge); DBSCAN clusters (``min_samples`` 4)
 rarely have one member, so this matters little. ``pad_singletons=True`` instead repeats the
 anchor ``num_instances`` times (the fast-reid variant), which keeps the alignment.
+
+Inter-modality batches (DMDL's late stage 2, ``RandomMultipleGallerySamplerInterModality``,
+algorithm.md §A5.6): one visible and one infrared sampler built with the same ``id_order``
+(:func:`shared_identity_order`, a shuffle of the union of unified ids) yield their groups
+for the same identities at the same positions, so batch b of both loaders holds the same
+pseudo-identities; an id absent from a modality is replaced there by a random id of that
+modality, and single-image identities are padded to keep the positions paired.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ class PseudoIdentitySampler(Sampler[int]):
             shuffled passes over the identities are appended.
         pad_singletons: (keyword) False (default, reference behaviour): an identity with one
             image yields 1 index; True: it yields its image ``num_instances`` times.
+        id_order: (keyword) a fixed sequence of identities to draw, in order, instead of a
+            shuffle (inter-modality batches, see the module docstring); ids without a sample
+            here are replaced by a random id of this sampler; implies ``pad_singletons``.
 
     ``len(self)`` is exactly the number of indices ``__iter__`` yields: ``passes`` times the
     per-pass size, where an identity contributes ``num_instances`` indices, or 1 if it has a
@@ -52,7 +62,7 @@ class PseudoIdentitySampler(Sampler[int]):
     """
 
     def __init__(self, labels: Sequence[int], camids: Sequence[int], num_instances: int, seed: int = 0,
-                 min_length: int = 0, *, pad_singletons: bool = False):
+                 min_length: int = 0, *, pad_singletons: bool = False, id_order: Sequence[int] | None = None):
         if num_instances < 1:
             raise ValueError(f"num_instances must be >= 1, got {num_instances}")
         self.num_instances = num_instances
@@ -69,7 +79,14 @@ class PseudoIdentitySampler(Sampler[int]):
         if not self.pids:
             raise ValueError("no labelled sample to draw from (every label is -1)")
         self.rng = random.Random(seed)
-        self.per_pass = sum(self._group_size(len(self.index_by_pid[p])) for p in self.pids)
+        self.id_order = None if id_order is None else [int(p) for p in id_order]
+        if self.id_order is not None:
+            if not self.id_order:
+                raise ValueError("id_order is empty")
+            self.pad_singletons = True  # paired positions across the two modalities' samplers
+            self.per_pass = len(self.id_order) * num_instances
+        else:
+            self.per_pass = sum(self._group_size(len(self.index_by_pid[p])) for p in self.pids)
         self.passes = max(1, -(-min_length // self.per_pass))
 
     def _group_size(self, members: int) -> int:
@@ -90,8 +107,11 @@ class PseudoIdentitySampler(Sampler[int]):
         rng = self.rng
         n = self.num_instances
         k = n - 1
-        pids = self.pids[:]
-        rng.shuffle(pids)
+        if self.id_order is not None:  # paired with the other modality's sampler
+            pids = [p if p in self.index_by_pid else rng.choice(self.pids) for p in self.id_order]
+        else:
+            pids = self.pids[:]
+            rng.shuffle(pids)
         out: list[int] = []
         for pid in pids:
             members = self.index_by_pid[pid]
@@ -110,3 +130,17 @@ class PseudoIdentitySampler(Sampler[int]):
             else:
                 out.extend(rng.choice(pool) for _ in range(k))
         return out
+
+
+def shared_identity_order(labels_a: Sequence[int], labels_b: Sequence[int], seed: int) -> list[int]:
+    """The union of the non-negative ids of two label lists, sorted then shuffled with
+    ``random.Random(seed)``: the ``id_order`` of two paired :class:`PseudoIdentitySampler`.
+
+    Raises:
+        ValueError: neither list has a labelled sample.
+    """
+    ids = sorted({int(x) for x in labels_a if int(x) >= 0} | {int(x) for x in labels_b if int(x) >= 0})
+    if not ids:
+        raise ValueError("no labelled sample in either modality")
+    random.Random(seed).shuffle(ids)
+    return ids
