@@ -1,6 +1,17 @@
-"""Pseudo-labels: clustering (Jaccard + DBSCAN) and cross-modality association."""
+"""Pseudo-labels: clustering (Jaccard + DBSCAN), cross-modality association and GMM certainty."""
 
-from .association import imca, nearest_sample_matching
+from .association import associate, hungarian_matching, imca, nearest_sample_matching, ot_matching
+from .certainty import certainty
 from .clustering import NoClustersError, cluster_features, dbscan_labels
 
-__all__ = ["imca", "nearest_sample_matching", "cluster_features", "dbscan_labels", "NoClustersError"]
+__all__ = [
+    "imca",
+    "nearest_sample_matching",
+    "hungarian_matching",
+    "ot_matching",
+    "associate",
+    "certainty",
+    "cluster_features",
+    "dbscan_labels",
+    "NoClustersError",
+]
