@@ -133,10 +133,18 @@ class CrossModalMemory(nn.Module):
             raise ValueError(f"memory {name!r} has no row for some labels; use the anchor or shared memory")
         return self.memories[name](features, rows)
 
+    def row_ids(self, name: str) -> Tensor:
+        """(K_name,) int64: the label-space id each row of memory ``name`` stands for."""
+        return torch.nonzero(self.id_to_row[name] >= 0).flatten()
+
     @torch.no_grad()
-    def update(self, name: str, features: Tensor, labels: Tensor) -> None:
-        """Momentum update of memory ``name``, samples in batch order; labels without a row skipped."""
+    def update(self, name: str, features: Tensor, labels: Tensor, momentum: Tensor | None = None) -> None:
+        """Momentum update of memory ``name``, samples in batch order; labels without a row skipped.
+
+        ``momentum``: None (the memory's own) or a (B,) per-sample tensor (adaptive eta_x).
+        """
         rows = self.rows(name, labels)
         keep = rows >= 0
         if keep.any():
-            self.memories[name].update(features.detach()[keep], rows[keep])
+            mu = None if momentum is None else momentum[keep]
+            self.memories[name].update(features.detach()[keep], rows[keep], mu)

@@ -65,3 +65,25 @@ def test_cluster_centroids_ignores_outliers_and_normalises():
     np.testing.assert_allclose(c.numpy(), [[1.0, 0.0], [0.0, 1.0]], atol=1e-6)
     with pytest.raises(ValueError, match="no member"):
         cluster_centroids(f, torch.tensor([0, 2, -1, 2]))
+
+
+def test_per_sample_momentum_matches_numpy_and_one_means_no_update():
+    import numpy as np
+
+    from dmdl.ops.memory import momentum_update_reference
+
+    g = torch.Generator().manual_seed(0)
+    mem = torch.nn.functional.normalize(torch.randn(3, 4, generator=g), dim=1)
+    x = torch.randn(4, 4, generator=g)
+    y = torch.tensor([1, 1, 2, 0])
+    mu = torch.tensor([0.2, 0.5, 1.0, 0.9])
+    expected = mem.numpy().astype(np.float64).copy()
+    xn = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
+    for i in range(4):
+        if mu[i] >= 1:
+            continue
+        row = float(mu[i]) * expected[int(y[i])] + (1 - float(mu[i])) * xn[i]
+        expected[int(y[i])] = row / np.linalg.norm(row)
+    out = momentum_update_reference(mem.clone(), x, y, mu)
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
+    np.testing.assert_array_equal(out[2].numpy(), mem[2].numpy())  # mu = 1: row 2 untouched

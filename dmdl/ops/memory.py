@@ -18,27 +18,39 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def momentum_update_reference(memory: Tensor, features: Tensor, targets: Tensor, momentum: float) -> Tensor:
+def momentum_update_reference(memory: Tensor, features: Tensor, targets: Tensor, momentum: float | Tensor) -> Tensor:
     """Sequential momentum update, in place, one sample at a time in batch order.
 
-    For i = 0..B-1: ``m[y_i] <- normalize(momentum * m[y_i] + (1 - momentum) * x_i)``
-    where x_i is ``features[i]`` L2-normalised (algorithm.md §A4.1).
+    For i = 0..B-1: ``m[y_i] <- normalize(mu_i * m[y_i] + (1 - mu_i) * x_i)``
+    where x_i is ``features[i]`` L2-normalised (algorithm.md §A4.1) and ``mu_i`` the
+    momentum (one float for every sample, or a (B,) tensor: DMDL's adaptive
+    ``eta_x = 0.2 / max(q_x, 0.2)`` of the shared memory, §A5.5, paper Eqs. 12-13;
+    ``mu_i = 1`` leaves the row unchanged).
 
     Args:
         memory: (K, D) float tensor, updated in place and returned.
         features: (B, D) features (normalised here; no gradient flows).
         targets: (B,) int64 row indices into ``memory`` in [0, K).
-        momentum: weight of the old memory row, in [0, 1).
+        momentum: weight of the old memory row, in [0, 1], a float or a (B,) tensor.
 
     Raises:
         ValueError: on shape mismatch or out-of-range targets.
     """
     _check_update_args(memory, features, targets)
+    if isinstance(momentum, Tensor):
+        if momentum.shape != targets.shape:
+            raise ValueError(f"momentum must be a float or a (B,) tensor, got shape {tuple(momentum.shape)}")
+        mus = [float(v) for v in momentum.detach().cpu()]
+    else:
+        mus = [float(momentum)] * targets.shape[0]
     with torch.no_grad():
         x = F.normalize(features.detach().to(memory.dtype), dim=1)
         for i in range(x.shape[0]):
             y = int(targets[i])
-            row = momentum * memory[y] + (1.0 - momentum) * x[i]
+            mu = mus[i]
+            if mu >= 1.0:
+                continue
+            row = mu * memory[y] + (1.0 - mu) * x[i]
             memory[y] = row / row.norm().clamp_min(1e-12)
     return memory
 
@@ -126,6 +138,8 @@ class ClusterMemory(nn.Module):
         return F.cross_entropy(self.logits(inputs), targets)
 
     @torch.no_grad()
-    def update(self, inputs: Tensor, targets: Tensor) -> None:
-        """Momentum update of the rows ``targets`` with ``inputs`` (in batch order)."""
-        momentum_update_reference(self.features, inputs.float(), targets, self.momentum)
+    def update(self, inputs: Tensor, targets: Tensor, momentum: Tensor | None = None) -> None:
+        """Momentum update of the rows ``targets`` with ``inputs`` (in batch order), with the
+        memory's momentum or a per-sample (B,) ``momentum``."""
+        momentum_update_reference(self.features, inputs.float(), targets,
+                                  self.momentum if momentum is None else momentum)
