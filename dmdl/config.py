@@ -77,8 +77,24 @@ class Config:
     renormalize: str = "stage2"  # L2-renormalise flip-averaged features: "always", "never", "stage2"
     association: str = "imca"
     matching: str = "cluster"  # "cluster": iMCA every epoch; "regdb-cycle": sample-level on epoch % 5 >= 2
-    cross_weight: float = 0.25  # weight of the stage-2 cross-modality memory term (0 = off)
+    cross_weight: float = 0.0  # weight of a non-DMDL stage-2 cross-memory term (0 = off; PGM: 0.25)
     cross_memory: str = "anchor"  # "anchor": PGM's mapped-vs-anchor memory; "shared": RGB+IR centroids
+
+    # DMDL modules (algorithm.md §A3, §A6, §A7): each switchable for the ablations (Table 3)
+    cai: bool = True  # CAI backdoor-adjusted loss in stage 2 (§A6)
+    lambda_cai: float = 0.5
+    cbt_data: bool = True  # infrared second view = pseudo-colour (else a second ChannelAdapGray view)
+    cbt_label: bool = True  # GMM certainty + swapped top-k refined targets + adaptive shared memory
+    cbt_feature: bool = True  # MMD between the two views of each modality (§A7.3)
+    lambda_fa: float = 1.0
+    refine_from_stage1: int = 30  # first stage-1 epoch with certainty/refinement (RegDB: never)
+    refine_from_stage2: int = 5  # first stage-2 epoch using the refined targets
+    topk_stage1: int = 3
+    topk_stage2: int = 10
+    certainty_per_cluster: bool = True  # stage 2: per-cluster GMMs (SYSU/LLCM) or one global (RegDB)
+    swap_predictions: bool = True  # False: each view's own prediction ("w/o exchange", Fig. 5)
+    adaptive_momentum: bool = True  # shared memory eta_x = 0.2/max(q, 0.2); False: fixed `momentum`
+    inter_modality_from: int = 25  # first stage-2 epoch with paired-identity batches (-1: never)
 
     # run
     seed: int = 1
@@ -123,6 +139,14 @@ class Config:
             raise ValueError(f"renormalize must be 'always', 'never' or 'stage2', got {self.renormalize!r}")
         if self.matching not in ("cluster", "regdb-cycle"):
             raise ValueError(f"matching must be 'cluster' or 'regdb-cycle', got {self.matching!r}")
+        if self.association not in ("imca", "hungarian", "ot"):
+            raise ValueError(f"association must be 'imca', 'hungarian' or 'ot', got {self.association!r}")
+        for key in ("topk_stage1", "topk_stage2"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("lambda_cai", "lambda_fa", "cross_weight"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.k1_mapped < 0:
             raise ValueError(f"k1_mapped must be >= 0, got {self.k1_mapped}")
         for key in ("erasing_max_area", "erasing_max_area_stage2"):
@@ -130,8 +154,6 @@ class Config:
                 raise ValueError(f"{key} must be in [0.02, 1], got {getattr(self, key)}")
         for key in ("stage1_triplet", "stage2_triplet"):
             parse_schedule(getattr(self, key), key)
-        if self.association != "imca":
-            raise ValueError(f"association {self.association!r} is not implemented; available: 'imca'")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,7 +187,7 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml"))
 
 
-def _read_yaml(name_or_path: str) -> dict[str, Any]:
+def _read_yaml(name_or_path: str, _depth: int = 0) -> dict[str, Any]:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         text = path.read_text()
@@ -182,6 +204,13 @@ def _read_yaml(name_or_path: str) -> dict[str, Any]:
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{origin}: expected a mapping of keys to values")
+    base = data.pop("base", None)
+    if base is not None:  # a preset may extend another: its keys override the base's
+        if _depth > 8:
+            raise ValueError(f"{origin}: 'base' presets nest too deep (a cycle?)")
+        merged = _read_yaml(str(base), _depth + 1)
+        merged.update(data)
+        return merged
     return data
 
 

@@ -43,7 +43,8 @@ LOG_FIELDS = (
     "stage", "epoch", "lr",
     "clusters_visible", "outliers_visible", "ari_visible",
     "clusters_infrared", "outliers_infrared", "ari_infrared",
-    "unified_ids", "ari_unified", "matching", "loss", "loss_id", "loss_cross", "loss_triplet",
+    "unified_ids", "ari_unified", "matching", "certainty_visible", "certainty_infrared",
+    "loss", "loss_id", "loss_cai", "loss_cross", "loss_triplet", "loss_mmd",
     "seconds_features", "seconds_clustering", "seconds_training", "seconds",
 )
 
@@ -208,22 +209,27 @@ class Engine:
             cache=self.image_cache, renormalize=renormalize,
         )
 
-    def train_loader(self, modality: str, labels: np.ndarray, stage: int, seed: int) -> DataLoader:
+    def train_loader(self, modality: str, labels: np.ndarray, stage: int, seed: int,
+                     id_order: Sequence[int] | None = None, pseudo_color: bool = True) -> DataLoader:
         """Two-view loader over a modality's labelled images (§A3, §A4.2).
 
         Batches are ``(view0, view1, label, index)``, ``batch_size`` images of
         ``batch_size / num_instances`` pseudo-identities, drawn by the camera-aware
-        :class:`PseudoIdentitySampler`; samples labelled -1 are left out.
+        :class:`PseudoIdentitySampler`; samples labelled -1 are left out, and
+        ``index`` counts the labelled samples in their original order.
+        ``id_order``: paired-identity batches (§A5.6, see the sampler);
+        ``pseudo_color``: the infrared second view (see :func:`train_views`).
         """
         cfg = self.cfg
         keep = np.flatnonzero(labels >= 0)
         recs = [self.train[modality][i] for i in keep]
         area = cfg.erasing_max_area_stage2 if stage == 2 else cfg.erasing_max_area
         ds = TwoViewDataset([r.path for r in recs], labels[keep].tolist(),
-                            train_views(modality, cfg.height, cfg.width, erasing_max_area=area),
+                            train_views(modality, cfg.height, cfg.width, erasing_max_area=area,
+                                        pseudo_color=pseudo_color),
                             cache=self.image_cache)
         sampler = PseudoIdentitySampler(labels[keep], [r.camid for r in recs], cfg.num_instances, seed=seed,
-                                        min_length=cfg.batch_size)
+                                        min_length=cfg.batch_size, id_order=id_order)
         return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                           drop_last=True, pin_memory=self.device.type == "cuda")
 

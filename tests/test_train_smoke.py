@@ -46,7 +46,7 @@ def test_train_then_evaluate_reproduces(toy_root, tmp_path, capsys):
     assert [(r["stage"], r["epoch"]) for r in rows] == [("1", "0"), ("2", "0")]
     assert all(None not in r for r in rows)  # no row has more fields than the header
     assert rows[0]["ari_unified"] == "" and 0 < int(rows[1]["unified_ids"])
-    assert rows[1]["matching"] == "cluster->infrared"  # stage 2 epoch 0: iMCA, IR anchor
+    assert rows[1]["matching"] == "imca->infrared"  # stage 2 epoch 0: iMCA, IR anchor
     for key in ("seconds_features", "seconds_clustering", "seconds_training"):
         assert float(rows[0][key]) >= 0
 

@@ -167,7 +167,7 @@ def _geometric(height: int, width: int) -> list:
 
 
 def train_views(modality: str, height: int, width: int,
-                erasing_max_area: float = 0.5) -> tuple[Callable, Callable]:
+                erasing_max_area: float = 0.5, pseudo_color: bool = True) -> tuple[Callable, Callable]:
     """DMDL's two training transforms of one modality (algorithm.md §A3; DMDL
     arXiv 2512.03745 Fig. 4), each mapping an RGB PIL image to a (3, height,
     width) float32 tensor. "geo" = bicubic Resize, Pad(10), RandomCrop,
@@ -177,7 +177,8 @@ def train_views(modality: str, height: int, width: int,
     - visible: view 0 = geo, norm, RE; view 1 ("CA") = geo,
       ColorJitter(0.5, 0.5, 0.5, 0.5), norm, RE, ChannelExchange(gray=2).
     - infrared: view 0 = geo, norm, RE, ChannelAdapGray(0.5); view 1 = geo,
-      PseudoColor, norm, RE.
+      PseudoColor, norm, RE. With ``pseudo_color=False`` (DMDL's ablation without
+      CBT's data level, Table 3) view 1 is a second, independent draw of view 0.
 
     Returns:
         (view0, view1): two independent ``T.Compose`` transforms.
@@ -196,7 +197,11 @@ def train_views(modality: str, height: int, width: int,
     else:
         view0 = (_geometric(height, width) + norm
                  + [random_erasing(erasing_max_area), ChannelAdapGray(0.5)])
-        view1 = _geometric(height, width) + [PseudoColor()] + norm + [random_erasing(erasing_max_area)]
+        if pseudo_color:
+            view1 = _geometric(height, width) + [PseudoColor()] + norm + [random_erasing(erasing_max_area)]
+        else:
+            view1 = (_geometric(height, width) + norm
+                     + [random_erasing(erasing_max_area), ChannelAdapGray(0.5)])
     return T.Compose(view0), T.Compose(view1)
 
 
