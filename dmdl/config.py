@@ -96,6 +96,13 @@ class Config:
     adaptive_momentum: bool = True  # shared memory eta_x = 0.2/max(q, 0.2); False: fixed `momentum`
     inter_modality_from: int = 25  # first stage-2 epoch with paired-identity batches (-1: never)
 
+    # hardware (algorithm.md §A2, §A10)
+    amp: bool = True  # fp16 autocast + GradScaler on CUDA (the reference's default); ignored on the CPU
+    ghost_bn_groups: int = 0  # > 1: BatchNorm statistics per group, as the reference's 4-GPU DataParallel
+
+    # model selection (algorithm.md §A1.2 step 9)
+    select_on_test: bool = False  # also report the epoch with the best TEST mAP (the reference's leak)
+
     # run
     seed: int = 1
     device: str = "auto"
@@ -147,6 +154,9 @@ class Config:
         for key in ("lambda_cai", "lambda_fa", "cross_weight"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.ghost_bn_groups < 0 or (self.ghost_bn_groups > 1 and self.batch_size % self.ghost_bn_groups):
+            raise ValueError(f"ghost_bn_groups must be 0, 1 or divide batch_size ({self.batch_size}), "
+                             f"got {self.ghost_bn_groups}")
         if self.k1_mapped < 0:
             raise ValueError(f"k1_mapped must be >= 0, got {self.k1_mapped}")
         for key in ("erasing_max_area", "erasing_max_area_stage2"):

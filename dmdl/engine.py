@@ -45,7 +45,7 @@ LOG_FIELDS = (
     "clusters_infrared", "outliers_infrared", "ari_infrared",
     "unified_ids", "ari_unified", "matching", "certainty_visible", "certainty_infrared",
     "loss", "loss_id", "loss_cai", "loss_cross", "loss_triplet", "loss_mmd",
-    "seconds_features", "seconds_clustering", "seconds_training", "seconds",
+    "seconds_features", "seconds_clustering", "seconds_training", "seconds", "test_mAP",
 )
 
 
@@ -143,6 +143,12 @@ class Engine:
             raise ValueError(f"{cfg.data_root}: the training split has no visible or no infrared image")
         self.train: dict[str, list[ImageRecord]] = {"visible": vis, "infrared": ir}
         self.model = build_model_from_config(cfg).to(self.device)
+        if cfg.ghost_bn_groups > 1:
+            from dmdl.models.ghost_bn import convert_ghost_batchnorm
+
+            convert_ghost_batchnorm(self.model, cfg.ghost_bn_groups)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.image_cache: dict | bool = {} if cfg.cache_images else False
@@ -273,6 +279,21 @@ class Engine:
                 if k not in ("stage", "epoch") and isinstance(v, (int, float)):
                     writer.add_scalar(f"stage{stats['stage']}/{k}", v, step)
 
+    def _select_on_test(self, stage: int, epoch: int, stats: dict) -> None:
+        """The reference's model selection (§A1.2 step 9): evaluate on the TEST set after every
+        epoch and keep the best by test mAP (RegDB V->T, SYSU all-search, LLCM VIS->IR) in
+        ``test_selected.pth``. Its numbers are reported as ``test_selected``, never as ``trained``:
+        they are chosen on the test set."""
+        key = {"regdb": "v2t", "sysu": "all", "llcm": "vis2ir"}[self.cfg.dataset]
+        res = self.evaluate()
+        stats["test_mAP"] = res[key]["mAP"]
+        best = self.results.get("test_selected")
+        if best is None or res[key]["mAP"] > best[key]["mAP"]:
+            self.results["test_selected"] = dict(res, stage=stage, epoch=epoch,
+                                                 note="selected on the test set (reference protocol): optimistic")
+            atomic_save({"model": self.model.state_dict(), "config": self.cfg.to_dict(), "stage": stage,
+                         "epoch": epoch, "results": self.results}, self.out / "test_selected.pth")
+
     def run(self) -> dict:
         """Train both stages and evaluate; returns ``{"untrained": ..., "trained": ...}``
         (``untrained`` is the initial model: ImageNet weights unless ``pretrained: none``)."""
@@ -300,6 +321,8 @@ class Engine:
                 stats.update(self.method.epoch(stage, epoch))
                 self.scheduler.step()
                 stats["seconds"] = round(time.time() - t0, 1)
+                if cfg.select_on_test:
+                    self._select_on_test(stage, epoch, stats)
                 self._log(stats, writer)
                 self._save_checkpoint(stage, epoch)
         if writer is not None:
@@ -314,6 +337,11 @@ class Engine:
             ckpt["results"] = self.results
             atomic_save(ckpt, self.out / CHECKPOINT_NAME)
         report = {k: v for k, v in self.results.items() if k in ("untrained", "trained")}
+        if "test_selected" in self.results:
+            sel = self.results["test_selected"]
+            report["test-sel."] = {k: v for k, v in sel.items() if isinstance(v, dict)}
+            print(f"test-sel. = the epoch with the best TEST mAP (stage {sel['stage']} epoch {sel['epoch']}), "
+                  "the reference's selection: optimistic, not a held-out result")
         print(format_table(report))
         write_results(self.out / RESULTS_NAME, self.results, cfg.to_dict())
         print(f"results: {self.out / RESULTS_NAME}; checkpoint: {self.out / CHECKPOINT_NAME}", flush=True)

@@ -115,3 +115,63 @@ def test_parse_trials():
 def test_parse_trials_rejects(text):
     with pytest.raises(ValueError, match="trial"):
         parse_trials(text)
+
+
+# algorithm.md §A1.1 (stage lengths, iterations, batch, LR step, top-k, k1, eps) and §A10
+# (Adam 3.5e-4, weight decay 5e-4), §A4.1/§A8 (momentum 0.2, temperature 0.05, lambda_cai 0.5,
+# lambda_fa 1), §A4.3/§A5.4/§A5.6 (refinement from stage-1 epoch 30 and stage-2 epoch 5; late
+# inter-modality epochs from 40 on SYSU/LLCM, 25 on RegDB; one global GMM on RegDB), typed in
+# from the spec's table, not read from the presets.
+PUBLISHED = {
+    "sysu": dict(stage1_epochs=50, stage2_epochs=50, iters=200, k1=30, k1_mapped=15, eps=0.6,
+                 inter_modality_from=40, certainty_per_cluster=True, renormalize="never"),
+    "regdb": dict(stage1_epochs=30, stage2_epochs=30, iters=100, k1=30, k1_mapped=0, eps=0.3,
+                  inter_modality_from=25, certainty_per_cluster=False, renormalize="stage2",
+                  matching="regdb-cycle", erasing_max_area_stage2=0.6),
+    "llcm": dict(stage1_epochs=50, stage2_epochs=50, iters=200, k1=25, k1_mapped=15, eps=0.6,
+                 inter_modality_from=40, certainty_per_cluster=True, renormalize="never"),
+}
+COMMON = dict(arch="resnet50", pretrained="imagenet", non_local=True, last_stride=1, height=288, width=144,
+              batch_size=128, num_instances=16, step_size=20, gamma=0.1, lr=3.5e-4, weight_decay=5e-4,
+              topk_stage1=3, topk_stage2=10, k2=6, min_samples=4, momentum=0.2, temperature=0.05,
+              lambda_cai=0.5, lambda_fa=1.0, triplet_margin=0.3, refine_from_stage1=30, refine_from_stage2=5,
+              cai=True, cbt_data=True, cbt_label=True, cbt_feature=True, association="imca", cross_weight=0.0,
+              erasing_max_area=0.5, ghost_bn_groups=4, stage1_triplet="0:0,16:0.25,26:0.5,36:1", stage2_triplet="0:0,11:0.5,21:1")
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_presets_match_the_spec_table(name):
+    cfg = load_config(name)
+    expected = dict(COMMON, **PUBLISHED[name])
+    wrong = {k: (getattr(cfg, k), v) for k, v in expected.items() if getattr(cfg, k) != v}
+    assert not wrong, f"{name}: (preset, spec) differ: {wrong}"
+
+
+@pytest.mark.parametrize("base", ["sysu", "regdb", "regdb-cpu"])
+def test_ablation_presets_switch_exactly_the_table_3_modules(base):
+    rows = {  # Table 3 of the DMDL paper (algorithm.md §A12.3): CAI, CBT-data, CBT-label, CBT-feature
+        "baseline": (False, False, False, False), "cai": (True, False, False, False),
+        "cai-data": (True, True, False, False), "cai-data-label": (True, True, True, False),
+        "cai-data-feature": (True, True, False, True), "cbt": (False, True, True, True),
+        "dmdl": (True, True, True, True),
+    }
+    ref = load_config(base)
+    for row, flags in rows.items():
+        cfg = load_config(f"{base}-{row}")
+        assert (cfg.cai, cfg.cbt_data, cfg.cbt_label, cfg.cbt_feature) == flags, row
+        assert cfg.cross_weight == 0.0 and cfg.association == "imca"
+        assert (cfg.dataset, cfg.arch, cfg.stage1_epochs, cfg.stage2_epochs, cfg.iters) == \
+            (ref.dataset, ref.arch, ref.stage1_epochs, ref.stage2_epochs, ref.iters)
+    assert load_config(f"{base}-ot").association == "ot"
+    assert load_config(f"{base}-hungarian").association == "hungarian"
+
+
+def test_base_presets_nest_and_yaml_files_can_extend_presets(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("base: regdb-cpu-dmdl\nlambda_cai: 0.25\n")
+    cfg = load_config(str(f))
+    assert cfg.lambda_cai == 0.25 and cfg.cai and cfg.arch == "mobilenet_v2"
+    g = tmp_path / "loop.yaml"
+    g.write_text(f"base: {g}\n")
+    with pytest.raises(ValueError, match="nest"):
+        load_config(str(g))

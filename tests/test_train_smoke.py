@@ -108,3 +108,21 @@ def test_trial_list_trains_one_model_per_trial_and_averages(toy_root, tmp_path, 
                 assert summary["mean"][model][direction][k] == pytest.approx(sum(vals) / 2)
     printed = capsys.readouterr().out
     assert "mean" in printed and "results_trials.json" in printed
+
+
+def test_test_set_selection_is_labelled_and_ghost_bn_runs(toy_root, tmp_path, capsys):
+    out = tmp_path / "sel"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = Trainer(_cfg(toy_root, out, "--stage1-epochs", "1", "--stage2-epochs", "1",
+                               "--eval-untrained", "false", "--select-on-test", "true",
+                               "--ghost-bn-groups", "4", "--cai", "true", "--cbt-label", "true",
+                               "--cbt-feature", "true", "--refine-from-stage2", "0")).run()
+    sel = results["test_selected"]
+    assert "test set" in sel["note"] and (sel["stage"], sel["epoch"]) in ((1, 0), (2, 0))
+    assert "trained" in results and (out / "test_selected.pth").is_file()
+    printed = capsys.readouterr().out
+    assert "test-sel." in printed and "optimistic" in printed
+    rows = list(csv.DictReader(open(out / "log.csv", newline="")))
+    assert all(r["test_mAP"] != "" for r in rows)
+    assert float(rows[1]["loss_cai"]) > 0 and float(rows[1]["loss_mmd"]) != 0

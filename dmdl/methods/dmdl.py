@@ -54,6 +54,7 @@ from dmdl.data.sampler import shared_identity_order
 from dmdl.losses import (cai_loss, mmd_loss, refined_targets, soft_cross_entropy, topk_prediction, triplet_loss,
                          triplet_weight)
 from dmdl.memories import MODALITIES, CrossModalMemory
+from dmdl.models.ghost_bn import dataparallel_order
 from dmdl.pseudo_labels import associate, certainty, cluster_features, nearest_sample_matching
 
 # kept importable from here for older scripts
@@ -271,8 +272,16 @@ class DMDL:
         x = torch.cat(views).to(device, non_blocking=True)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = eng.model(x)
         n = len(y["visible"])
+        perm = None
+        if cfg.ghost_bn_groups > 1:  # the reference's DataParallel replica layout (dmdl.models.ghost_bn)
+            perm = dataparallel_order(n, cfg.ghost_bn_groups).to(device)
+            x = x[perm]
+        with torch.autocast(device.type, dtype=torch.float16, enabled=eng.amp):
+            out = eng.model(x)
+        out = out.float()
+        if perm is not None:
+            out = out[torch.argsort(perm)]
         f = {"visible": out[:n], "infrared": out[n:]}
         zero = out.new_zeros(())
         parts = {"loss_id": zero, "loss_cai": zero, "loss_cross": zero, "loss_triplet": zero, "loss_mmd": zero}
@@ -319,8 +328,9 @@ class DMDL:
             raise FloatingPointError(f"stage {plan.stage} epoch {plan.epoch}: the loss is {loss.item()}; "
                                      "lower the learning rate (--lr)")
         eng.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        eng.optimizer.step()
+        eng.scaler.scale(loss).backward()
+        eng.scaler.step(eng.optimizer)
+        eng.scaler.update()
 
         with torch.no_grad():  # the documented update order (dmdl.memories)
             for m in MODALITIES:
