@@ -92,6 +92,7 @@ class Config:
     topk_stage1: int = 3
     topk_stage2: int = 10
     certainty_per_cluster: bool = True  # stage 2: per-cluster GMMs (SYSU/LLCM) or one global (RegDB)
+    certainty_loss: str = "prob"  # GMM input: "prob" (the code's -p) or "log" (the paper's Eq. 10, -log p)
     swap_predictions: bool = True  # False: each view's own prediction ("w/o exchange", Fig. 5)
     adaptive_momentum: bool = True  # shared memory eta_x = 0.2/max(q, 0.2); False: fixed `momentum`
     inter_modality_from: int = 25  # first stage-2 epoch with paired-identity batches (-1: never)
@@ -148,6 +149,8 @@ class Config:
             raise ValueError(f"matching must be 'cluster' or 'regdb-cycle', got {self.matching!r}")
         if self.association not in ("imca", "hungarian", "ot"):
             raise ValueError(f"association must be 'imca', 'hungarian' or 'ot', got {self.association!r}")
+        if self.certainty_loss not in ("prob", "log"):
+            raise ValueError(f"certainty_loss must be 'prob' or 'log', got {self.certainty_loss!r}")
         for key in ("topk_stage1", "topk_stage2"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")

@@ -165,7 +165,7 @@ class DMDL:
         inl = lab >= 0
         rows[inl] = memory.rows(name, lab[inl])
         p = prob.gather(1, rows.unsqueeze(1)).squeeze(1).double().cpu().numpy().clip(0.0, 1.0)
-        return certainty(p, labels, per_cluster=per_cluster).astype(np.float32)
+        return certainty(p, labels, per_cluster=per_cluster, loss=self.cfg.certainty_loss).astype(np.float32)
 
     # ------------------------------------------------------------------ one epoch
     def plan(self, stage: int, epoch: int, feats: dict) -> tuple[EpochPlan, dict]:

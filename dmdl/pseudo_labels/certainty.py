@@ -40,7 +40,7 @@ def _low_mean_posterior(values: np.ndarray) -> np.ndarray | None:
     return post
 
 
-def certainty(prob_of_label, labels, per_cluster: bool = True) -> np.ndarray:
+def certainty(prob_of_label, labels, per_cluster: bool = True, *, loss: str = "prob") -> np.ndarray:
     """Per-sample label certainty w in [0, 1] (DMDL, algorithm.md §A4.3, §A5.4).
 
     Rule (the released code, [PAPER≠CODE]):
@@ -72,6 +72,8 @@ def certainty(prob_of_label, labels, per_cluster: bool = True) -> np.ndarray:
         labels: (N,) int array, cluster ids >= 0, -1 for outliers. Ids need
             not be contiguous.
         per_cluster: one GMM per cluster (True) or one global GMM (False).
+        loss: (keyword) ``"prob"`` (default, the code's l = -p) or ``"log"`` (the
+            paper's Eq. 10, l = -log p, with p clipped at 1e-12).
 
     Returns:
         (N,) float64 array of certainties in [0, 1].
@@ -102,11 +104,14 @@ def certainty(prob_of_label, labels, per_cluster: bool = True) -> np.ndarray:
     if y.size and y.min() < -1:
         raise ValueError(f"labels must be >= -1 (-1 = outlier), got {y.min()}")
 
+    if loss not in ("prob", "log"):
+        raise ValueError(f"loss must be 'prob' or 'log', got {loss!r}")
     n = p.shape[0]
     w = np.ones(n, dtype=np.float64)
     if n == 0:
         return w
-    loss = -p
+    loss_kind = loss
+    loss = -p if loss_kind == "prob" else -np.log(np.clip(p, 1e-12, 1.0))
     lo, hi = loss.min(), loss.max()
     if hi == lo:
         return w
