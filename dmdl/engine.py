@@ -50,10 +50,12 @@ LOG_FIELDS = (
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch RNGs."""
+    """Seed Python, NumPy and torch RNGs (CUDA too); cuDNN deterministic, no benchmark (§A10)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -209,11 +211,12 @@ class Engine:
             (N_modality, D) float32 on the engine's device; L2-renormalised when asked.
         """
         cfg = self.cfg
-        return extract_features(
-            self.model, [r.path for r in self.train[modality]], cfg.height, cfg.width, self.device,
-            batch_size=max(cfg.batch_size, 32), workers=cfg.workers, desc=f"features {modality}",
-            cache=self.image_cache, renormalize=renormalize,
-        )
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):  # §A1.2: fp16 on CUDA
+            return extract_features(
+                self.model, [r.path for r in self.train[modality]], cfg.height, cfg.width, self.device,
+                batch_size=max(cfg.batch_size, 32), workers=cfg.workers, desc=f"features {modality}",
+                cache=self.image_cache, renormalize=renormalize,
+            )
 
     def train_loader(self, modality: str, labels: np.ndarray, stage: int, seed: int,
                      id_order: Sequence[int] | None = None, pseudo_color: bool = True) -> DataLoader:

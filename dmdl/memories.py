@@ -24,7 +24,8 @@ it): losses are computed with the memories as they are at forward time; after
 2. ``infrared`` <- infrared samples (same order);
 3. stage 2: the anchor modality's memory <- the mapped modality's samples (the
    "semi-cross-modality update" of §A5.5);
-4. ``shared`` (when present) <- visible samples, then infrared samples.
+4. ``shared`` (when present) <- infrared samples, then visible samples (the reference
+   updates it inside each modality's memory forward, infrared first).
 
 Each update is the sequential momentum rule of
 :func:`dmdl.ops.memory.momentum_update_reference`; samples whose label has no

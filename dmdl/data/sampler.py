@@ -22,7 +22,10 @@ algorithm.md §A5.6): one visible and one infrared sampler built with the same `
 (:func:`shared_identity_order`, a shuffle of the union of unified ids) yield their groups
 for the same identities at the same positions, so batch b of both loaders holds the same
 pseudo-identities; an id absent from a modality is replaced there by a random id of that
-modality, and single-image identities are padded to keep the positions paired.
+modality, and single-image identities are padded to keep the positions paired. As in the
+reference's inter-modality sampler, a group is drawn without replacement when the pool holds at
+least ``num_instances - 1`` images (one fewer than the single-modality rule). Unlike it, each
+pass draws its groups afresh (the reference draws an epoch's groups once and replays them).
 """
 
 from __future__ import annotations
@@ -125,7 +128,9 @@ class PseudoIdentitySampler(Sampler[int]):
                     if self.pad_singletons:
                         out.extend([anchor] * k)
                     continue  # reference: emit only the anchor
-            if len(pool) >= n:  # reference rule: >= num_instances, not num_instances - 1
+            # reference rule: >= num_instances, not num_instances - 1; the reference's inter-modality
+            # sampler uses >= num_instances - 1
+            if len(pool) >= (k if self.id_order is not None else n):
                 out.extend(rng.sample(pool, k))
             else:
                 out.extend(rng.choice(pool) for _ in range(k))

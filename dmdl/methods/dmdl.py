@@ -140,15 +140,16 @@ class DMDL:
     def certainties(self, stage: int, feats: dict, labels: dict, memory: CrossModalMemory) -> dict:
         """Per-sample certainty w (§A4.3, §A5.4): GMMs on ``-p(y)`` under the memory.
 
-        Stage 1: per modality, its own memory and clusters, per-cluster GMMs. Stage 2:
+        Stage 1: per modality, its own memory and clusters. Stage 2:
         the shared memory over the unified ids, both modalities' samples together
-        (``certainty_per_cluster`` False: one global GMM, RegDB). Outliers get 1.
+        Both stages: per-cluster GMMs, or with ``certainty_per_cluster`` False one global
+        GMM (RegDB's reference in both stages). Outliers get 1.
         """
         cfg = self.cfg
         out = {}
         if stage == 1:
             for m in MODALITIES:
-                out[m] = self._certainty_under(memory, m, feats[m], labels[m], per_cluster=True)
+                out[m] = self._certainty_under(memory, m, feats[m], labels[m], per_cluster=cfg.certainty_per_cluster)
             return out
         both = torch.cat([feats[m] for m in MODALITIES])
         lab = np.concatenate([labels[m] for m in MODALITIES])
@@ -338,7 +339,7 @@ class DMDL:
             if plan.stage == 2:
                 mapped = _other(plan.anchor)
                 mem.update(plan.anchor, f[mapped], y[mapped])  # semi-cross-modality update (§A5.5)
-                for m in MODALITIES:
+                for m in ("infrared", "visible"):  # the reference's order: IR memory forward first
                     mu = None
                     if cfg.adaptive_momentum and m in targets:  # eta_x = 0.2 / max(q, 0.2) (Eqs. 12-13)
                         q = targets[m].gather(1, y[m].unsqueeze(1)).squeeze(1)

@@ -45,8 +45,9 @@ def momentum_update_reference(memory: Tensor, features: Tensor, targets: Tensor,
         mus = [float(momentum)] * targets.shape[0]
     with torch.no_grad():
         x = F.normalize(features.detach().to(memory.dtype), dim=1)
+        ys = targets.tolist()  # one device-to-host copy, not one sync per sample
         for i in range(x.shape[0]):
-            y = int(targets[i])
+            y = ys[i]
             mu = mus[i]
             if mu >= 1.0:
                 continue

@@ -56,10 +56,11 @@ def certainty(prob_of_label, labels, per_cluster: bool = True, *, loss: str = "p
        on its normalised losses (1-D); w_i = posterior of the component with the
        smaller mean (the low-loss, high-probability one). Clusters with <= 1
        member get w = 1.
-       ``per_cluster=False`` (RegDB stage 2): one global GMM over all
-       non-outlier samples.
+       ``per_cluster=False`` (RegDB): one global GMM fitted on all samples,
+       outliers included (the reference fits every row); its posterior is
+       returned for the non-outliers.
     4. Degenerate fits give w = 1 for the samples concerned: a cluster (or, in
-       global mode, the non-outlier set) whose normalised losses are all
+       global mode, the whole set) whose normalised losses are all
        identical, a GMM fit that raises, or a non-finite posterior.
        Non-convergence of EM (sklearn ConvergenceWarning) is silenced and the
        fitted mixture is used, as in the reference.
@@ -117,11 +118,11 @@ def certainty(prob_of_label, labels, per_cluster: bool = True, *, loss: str = "p
         return w
     loss = (loss - lo) / (hi - lo)
 
-    if not per_cluster:
+    if not per_cluster:  # one GMM over ALL samples, outliers included, as the reference fits it
         idx = np.flatnonzero(y >= 0)
-        post = _low_mean_posterior(loss[idx])
+        post = _low_mean_posterior(loss)
         if post is not None:
-            w[idx] = post
+            w[idx] = post[idx]
         return w
 
     keep = np.flatnonzero(y >= 0)
