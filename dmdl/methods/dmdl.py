@@ -57,9 +57,6 @@ from dmdl.memories import MODALITIES, CrossModalMemory
 from dmdl.models.ghost_bn import dataparallel_order
 from dmdl.pseudo_labels import associate, certainty, cluster_features, nearest_sample_matching
 
-# kept importable from here for older scripts
-from dmdl.engine import CHECKPOINT_NAME, RESULTS_NAME, Engine, train  # noqa: F401
-
 
 def _other(modality: str) -> str:
     return "infrared" if modality == "visible" else "visible"

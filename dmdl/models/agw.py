@@ -19,11 +19,10 @@ from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchvision
 from torch import Tensor
 
-from .layers import GeM, NonLocalBlock
+from .layers import GeM, NonLocalBlock, bn_neck, embed
 
 __all__ = ["AGW", "LoadReport", "build_model", "load_pretrained", "ARCHS"]
 
@@ -145,10 +144,7 @@ class AGW(nn.Module):
             self.non_local[stage] = blocks
 
         self.pool = GeM(p=gem_p)
-        self.bottleneck = nn.BatchNorm1d(self.feat_dim)
-        nn.init.normal_(self.bottleneck.weight, 1.0, 0.01)
-        nn.init.zeros_(self.bottleneck.bias)
-        self.bottleneck.bias.requires_grad_(False)
+        self.bottleneck = bn_neck(self.feat_dim)
 
     def feature_map(self, x: Tensor) -> Tensor:
         """Backbone output before pooling.
@@ -189,13 +185,7 @@ class AGW(nn.Module):
             With ``return_pooled=True``: ``(pooled, feature)``, pooled being
             the (B, feat_dim) GeM output.
         """
-        pooled = self.pool(self.feature_map(x))
-        feat = self.bottleneck(pooled)
-        if not self.training:
-            feat = F.normalize(feat, p=2, dim=1)
-        if return_pooled:
-            return pooled, feat
-        return feat
+        return embed(self.pool, self.bottleneck, self.feature_map(x), self.training, return_pooled)
 
     def backbone_state_keys(self) -> List[str]:
         """State-dict keys that come from the torchvision ResNet (stem + layer1..4)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["NonLocalBlock", "GeM", "gem"]
@@ -137,3 +138,24 @@ class GeM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, eps={self.eps}"
+
+
+def bn_neck(dim: int) -> nn.BatchNorm1d:
+    """The BNNeck of AGW/DMDL (algorithm.md §A2): ``BatchNorm1d(dim)``, weight ~ N(1, 0.01),
+    bias 0 and frozen (``requires_grad=False``)."""
+    neck = nn.BatchNorm1d(dim)
+    nn.init.normal_(neck.weight, 1.0, 0.01)
+    nn.init.zeros_(neck.bias)
+    neck.bias.requires_grad_(False)
+    return neck
+
+
+def embed(pool: nn.Module, neck: nn.Module, feature_map: Tensor, training: bool, return_pooled: bool):
+    """Pool a (B, C, h, w) feature map and pass it through the neck: the raw neck feature in
+    training, the L2-normalised one in evaluation (§A2); ``(pooled, feature)`` with
+    ``return_pooled``."""
+    pooled = pool(feature_map)
+    feat = neck(pooled)
+    if not training:
+        feat = F.normalize(feat, p=2, dim=1)
+    return (pooled, feat) if return_pooled else feat

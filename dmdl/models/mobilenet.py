@@ -27,12 +27,11 @@ from typing import Dict, List, Mapping, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchvision
 from torch import Tensor
 
 from .agw import ARCHS, LoadReport
-from .layers import GeM
+from .layers import GeM, bn_neck, embed
 
 __all__ = [
     "ARCH_NAMES",
@@ -102,10 +101,7 @@ class MobileNetV2ReID(nn.Module):
         dw.stride = (last_stride, last_stride)
 
         self.pool = GeM(p=gem_p)
-        self.bottleneck = nn.BatchNorm1d(self.feat_dim)
-        nn.init.normal_(self.bottleneck.weight, 1.0, 0.01)
-        nn.init.zeros_(self.bottleneck.bias)
-        self.bottleneck.bias.requires_grad_(False)
+        self.bottleneck = bn_neck(self.feat_dim)
 
     def feature_map(self, x: Tensor) -> Tensor:
         """Backbone output before pooling.
@@ -137,13 +133,7 @@ class MobileNetV2ReID(nn.Module):
             With ``return_pooled=True``: ``(pooled, feature)``, pooled being
             the (B, 1280) GeM output.
         """
-        pooled = self.pool(self.feature_map(x))
-        feat = self.bottleneck(pooled)
-        if not self.training:
-            feat = F.normalize(feat, p=2, dim=1)
-        if return_pooled:
-            return pooled, feat
-        return feat
+        return embed(self.pool, self.bottleneck, self.feature_map(x), self.training, return_pooled)
 
     def backbone_state_keys(self) -> List[str]:
         """State-dict keys of the torchvision trunk (``features.*``, 312, in order)."""

@@ -47,22 +47,10 @@ def imca(
     Raises:
         ValueError: unknown anchor or a modality without clusters.
     """
-    if anchor not in ("visible", "infrared"):
-        raise ValueError(f"anchor must be 'visible' or 'infrared', got {anchor!r}")
-    lv = torch.as_tensor(labels_visible, dtype=torch.long)
-    li = torch.as_tensor(labels_infrared, dtype=torch.long)
-    if lv.max() < 0 or li.max() < 0:
-        raise ValueError("both modalities need at least one cluster for cross-modality association")
-    cv = cluster_centroids(features_visible.float(), lv.to(features_visible.device))
-    ci = cluster_centroids(features_infrared.float(), li.to(features_infrared.device))
-    sim = (cv @ ci.t()).cpu()  # (K_V, K_I) cosine
-    if anchor == "infrared":
-        mapping = sim.argmax(dim=1)  # each visible cluster -> an IR cluster
-        uv = torch.where(lv >= 0, mapping[lv.clamp_min(0)], lv)
-        return uv.numpy(), li.numpy().copy(), ci.shape[0]
-    mapping = sim.argmax(dim=0)  # each IR cluster -> a visible cluster
-    ui = torch.where(li >= 0, mapping[li.clamp_min(0)], li)
-    return lv.numpy().copy(), ui.numpy(), cv.shape[0]
+    lv, li, sim = _mapped_to_anchor_similarity(features_visible, labels_visible, features_infrared,
+                                               labels_infrared, anchor)
+    mapping = sim.argmax(axis=1)  # each mapped cluster -> its most similar anchor cluster
+    return _apply_cluster_mapping(lv, li, mapping, anchor, sim.shape[1])
 
 
 def nearest_sample_matching(
