@@ -111,8 +111,7 @@ def certainty(prob_of_label, labels, per_cluster: bool = True, *, loss: str = "p
     w = np.ones(n, dtype=np.float64)
     if n == 0:
         return w
-    loss_kind = loss
-    loss = -p if loss_kind == "prob" else -np.log(np.clip(p, 1e-12, 1.0))
+    loss = -p if loss == "prob" else -np.log(np.clip(p, 1e-12, 1.0))
     lo, hi = loss.min(), loss.max()
     if hi == lo:
         return w
