@@ -8,9 +8,16 @@
 #include <string>
 
 TORCH_LIBRARY(dmdl, m) {
-  // k-reciprocal Jaccard distance (Zhong et al. 2017; algorithm.md §A9).
-  // features: [N, D] float32, L2-normalised rows; returns [N, N] float32.
-  m.def("jaccard_distance(Tensor features, int k1, int k2) -> Tensor");
+  // Exact k nearest neighbours by squared L2 (faiss IndexFlatL2 ranking, self included, ties by
+  // index): features [N, D] float32 -> (rank int32 [N, k], stats int64 [2]). precision of the
+  // candidate GEMM: "fp32" | "tf32" (CUDA) | "bf16"; margin: extra candidates per row.
+  m.def("knn(Tensor features, int k, str precision, int margin) -> (Tensor, Tensor)");
+  // Exact k nearest from a backend's candidates (int32 [N, kc]) and their approximate values
+  // |x_j|^2 - 2 x_i.x_j (float32 [N, kc], ascending); precision "fp32" | "tf32" | "bf16" | "faiss".
+  m.def("knn_refine(Tensor features, Tensor candidates, Tensor approx, int k, str precision) -> (Tensor, Tensor)");
+  // k-reciprocal Jaccard distance (Zhong et al. 2017; algorithm.md §A9) from neighbour lists
+  // rank int32 [N, k1]: CSR (crow int64 [N+1], col int32 [nnz], val float32 [nnz]) of d < 1.
+  m.def("jaccard_sparse(Tensor features, Tensor rank, int k2) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace dmdl {

@@ -6,6 +6,8 @@
 // one thread or one block per row). Everything here is plain C++ on raw pointers
 // so that it compiles for the host and, under nvcc, for the device.
 //
+// Host-side ATen helpers (input checks, CSR transpose) are in dmdl/jaccard_host.h.
+//
 // Data layout (all row-major, int32 indices, float32 values):
 //   rank  [N, kcols]  the kcols nearest neighbours of each row, nearest first, self included.
 //   padded lists      row r occupies [r * stride, r * stride + count[r]).
@@ -216,13 +218,18 @@ DMDL_HOST_DEVICE inline int64_t qe_merge_row(const int32_t* nbrs, int kq, const 
   return n;
 }
 
-// Adds min(vi, V[j, c]) to acc[j] for the rows j of one inverted-index column,
-// visiting entries begin, begin + step, ... < end (step 1 on the CPU, blockDim on the GPU).
-DMDL_HOST_DEVICE inline void accumulate_column(float vi, const int32_t* inv_row, const float* inv_val,
-                                               int64_t begin, int64_t end, int64_t step, float* acc) {
-  for (int64_t t = begin; t < end; t += step) {
+// Adds min(vi, V[j, c]) to acc[j] for the rows j of one inverted-index column (entries
+// begin .. end - 1 of inv_row/inv_val), and appends to touched[*ntouched] every j whose
+// accumulator was still 0. All stored V values are > 0, so acc[j] > 0 marks a touched row;
+// touched needs room for the row's sum of column lengths. The caller resets acc[touched] to 0.
+DMDL_HOST_DEVICE inline void accumulate_column_touch(float vi, const int32_t* inv_row, const float* inv_val,
+                                                     int64_t begin, int64_t end, float* acc, int32_t* touched,
+                                                     int64_t* ntouched) {
+  for (int64_t t = begin; t < end; ++t) {
+    const int32_t j = inv_row[t];
     const float vj = inv_val[t];
-    acc[inv_row[t]] += vi < vj ? vi : vj;
+    if (acc[j] == 0.f) touched[(*ntouched)++] = j;
+    acc[j] += vi < vj ? vi : vj;
   }
 }
 
@@ -234,28 +241,3 @@ DMDL_HOST_DEVICE inline float jaccard_from_overlap(float s) {
 
 }  // namespace jaccard
 }  // namespace dmdl
-
-#ifndef DMDL_JACCARD_NO_ATEN  // define it to use the per-row functions without ATen
-#include <ATen/ATen.h>
-
-namespace dmdl {
-namespace jaccard {
-
-// Host-side helpers written with ATen, device-agnostic (defined in csrc/cpu/jaccard_cpu.cpp).
-
-// Validates the arguments of dmdl::jaccard_distance (TORCH_CHECK), `device` names the kernel.
-void check_inputs(const at::Tensor& features, int64_t k1, int64_t k2, c10::DeviceType device);
-
-// Exact fp32 kNN by squared L2 distance |x_i|^2 + |x_j|^2 - 2 x_i.x_j (the ranking of
-// faiss IndexFlatL2), self included, ties broken by the smaller index.
-// Returns int32 [N, k] on the device of x, nearest first.
-at::Tensor knn_rank(const at::Tensor& x, int64_t k);
-
-// Inverted index (CSC) of the CSR matrix (ptr [N+1] int64, col [nnz] int32, val [nnz] float):
-// returns {col_ptr [N+1] int64, row [nnz] int32, val [nnz] float}, rows ascending per column.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_transpose(const at::Tensor& ptr, const at::Tensor& col,
-                                                             const at::Tensor& val, int64_t n);
-
-}  // namespace jaccard
-}  // namespace dmdl
-#endif
