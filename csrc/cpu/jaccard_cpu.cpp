@@ -59,8 +59,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> jaccard_sparse_cpu(const at::Tens
   at::Tensor ewt = at::empty({n, cap}, features.options());
   int32_t *ecolp = ecol.data_ptr<int32_t>(), *ecntp = ecnt.data_ptr<int32_t>();
   float* ewtp = ewt.data_ptr<float>();
+  // Rows in breadth-first order of the kNN graph: consecutive rows share most of their expanded
+  // sets, so the feature rows their weights read stay in cache (the step is memory-bound).
+  std::vector<int32_t> order;
+  order.reserve(n);
+  {
+    std::vector<uint8_t> seen(n, 0);
+    for (int64_t s = 0; s < n; ++s) {
+      if (seen[s]) continue;
+      seen[s] = 1;
+      size_t head = order.size();
+      order.push_back(static_cast<int32_t>(s));
+      while (head < order.size()) {
+        const int32_t* nb = rk + static_cast<int64_t>(order[head++]) * K1;
+        for (int a = 0; a < K1; ++a) {
+          if (!seen[nb[a]]) {
+            seen[nb[a]] = 1;
+            order.push_back(nb[a]);
+          }
+        }
+      }
+    }
+  }
   at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
+    for (int64_t o = b; o < e; ++o) {
+      const int64_t i = order[o];
       int32_t* cols = ecolp + i * cap;
       const int m = expand_row(static_cast<int32_t>(i), r1p, c1p, K1, rhp, chp, KH, cols);
       ecntp[i] = m;
@@ -72,7 +95,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> jaccard_sparse_cpu(const at::Tens
   at::Tensor qcnt = at::empty({n}, opt_l);
   int64_t* qcntp = qcnt.data_ptr<int64_t>();
   at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) qcntp[i] = qe_merge_row(rk + i * K1, KQ, ecolp, ewtp, ecntp, cap, nullptr, nullptr);
+    for (int64_t o = b; o < e; ++o) {
+      const int64_t i = order[o];
+      qcntp[i] = qe_merge_row(rk + i * K1, KQ, ecolp, ewtp, ecntp, cap, nullptr, nullptr);
+    }
   });
   at::Tensor ptr = at::zeros({n + 1}, opt_l);
   ptr.narrow(0, 1, n).copy_(at::cumsum(qcnt, 0));
@@ -83,7 +109,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> jaccard_sparse_cpu(const at::Tens
   int32_t* qcolp = qcol.data_ptr<int32_t>();
   float* qvalp = qval.data_ptr<float>();
   at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) qe_merge_row(rk + i * K1, KQ, ecolp, ewtp, ecntp, cap, qcolp + ptrp[i], qvalp + ptrp[i]);
+    for (int64_t o = b; o < e; ++o) {
+      const int64_t i = order[o];
+      qe_merge_row(rk + i * K1, KQ, ecolp, ewtp, ecntp, cap, qcolp + ptrp[i], qvalp + ptrp[i]);
+    }
   });
   ecol.reset();
   ewt.reset();
@@ -102,30 +131,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> jaccard_sparse_cpu(const at::Tens
   int64_t* rcntp = rcnt.data_ptr<int64_t>();
   at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
     std::vector<float> acc(n, 0.f);
-    std::vector<int32_t> touched;
-    int64_t ntouched = 0;
+    const int64_t words = (n + 63) / 64;
+    std::vector<uint64_t> touched(words, 0);
     for (int64_t c = cb; c < ce; ++c) {
       std::vector<int32_t>& oc = chunk_col[c];
       std::vector<float>& ov = chunk_val[c];
       for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
-        int64_t bound = 0;
-        for (int64_t p = ptrp[i]; p < ptrp[i + 1]; ++p) bound += cptr[qcolp[p] + 1] - cptr[qcolp[p]];
-        if (static_cast<int64_t>(touched.size()) < bound) touched.resize(bound);
-        ntouched = 0;
         for (int64_t p = ptrp[i]; p < ptrp[i + 1]; ++p) {
-          accumulate_column_touch(qvalp[p], irow, ival, cptr[qcolp[p]], cptr[qcolp[p] + 1], acc.data(),
-                                  touched.data(), &ntouched);
+          accumulate_column_bits(qvalp[p], irow, ival, cptr[qcolp[p]], cptr[qcolp[p] + 1], acc.data(), touched.data());
         }
-        std::sort(touched.begin(), touched.begin() + ntouched);
+        // touched columns in ascending order: set bits word by word
         int64_t kept = 0;
-        for (int64_t t = 0; t < ntouched; ++t) {
-          const int32_t j = touched[t];
-          const float dist = jaccard_from_overlap(acc[j]);
-          acc[j] = 0.f;
-          if (dist < 1.f) {
-            oc.push_back(j);
-            ov.push_back(dist);
-            ++kept;
+        for (int64_t w = 0; w < words; ++w) {
+          uint64_t bits = touched[w];
+          if (bits == 0) continue;
+          touched[w] = 0;
+          while (bits) {
+            const int32_t j = static_cast<int32_t>(w * 64 + __builtin_ctzll(bits));
+            bits &= bits - 1;
+            const float dist = jaccard_from_overlap(acc[j]);
+            acc[j] = 0.f;
+            if (dist < 1.f) {
+              oc.push_back(j);
+              ov.push_back(dist);
+              ++kept;
+            }
           }
         }
         rcntp[i] = kept;

@@ -233,6 +233,18 @@ DMDL_HOST_DEVICE inline void accumulate_column_touch(float vi, const int32_t* in
   }
 }
 
+// Adds min(vi, V[j, c]) to acc[j] for the rows j of one inverted-index column (entries
+// begin .. end - 1) and sets bit j of the bitmap `touched` (N bits in 64-bit words).
+DMDL_HOST_DEVICE inline void accumulate_column_bits(float vi, const int32_t* inv_row, const float* inv_val,
+                                                    int64_t begin, int64_t end, float* acc, uint64_t* touched) {
+  for (int64_t t = begin; t < end; ++t) {
+    const int32_t j = inv_row[t];
+    const float vj = inv_val[t];
+    acc[j] += vi < vj ? vi : vj;
+    touched[j >> 6] |= uint64_t(1) << (j & 63);
+  }
+}
+
 // Jaccard distance from the overlap s = sum_k min(V_ik, V_jk): 1 - s / (2 - s), clipped at 0.
 DMDL_HOST_DEVICE inline float jaccard_from_overlap(float s) {
   const float d = 1.f - s / (2.f - s);
