@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <tuple>
@@ -194,6 +195,13 @@ std::pair<int64_t, int64_t> redo_failed(const at::Tensor& features, const float*
   return {wide, static_cast<int64_t>(failed.size())};
 }
 
+// Non-finite features give a non-finite |x_j|^2 (double: no overflow for finite float input).
+void check_finite(const at::Tensor& features, const std::vector<double>& sqd, const char* op) {
+  for (size_t j = 0; j < sqd.size(); ++j) {
+    TORCH_CHECK(std::isfinite(sqd[j]), op, ": `features` must be finite: row ", j, " holds NaN or Inf");
+  }
+}
+
 void check_k(int64_t k, int64_t margin, int64_t n, const char* op) {
   TORCH_CHECK(k >= 1 && k <= n, op, ": `k` must be in [1, N] = [1, ", n, "], got ", k);
   TORCH_CHECK(margin >= 0, op, ": `margin` must be >= 0, got ", margin);
@@ -214,6 +222,7 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& features, int64_t k
   std::vector<double> sqd(n);
   squared_norms(x, n, d, sqf.data(), sqd.data());
   const double sqmax = *std::max_element(sqd.begin(), sqd.end());
+  check_finite(features, sqd, kOpKnn);
 
   std::vector<float> cd(n * kc);
   std::vector<int32_t> cj(n * kc), cc(n);
@@ -260,6 +269,7 @@ std::tuple<at::Tensor, at::Tensor> knn_refine_cpu(const at::Tensor& features, co
   std::vector<double> sqd(n);
   squared_norms(x, n, d, sqf.data(), sqd.data());
   const double sqmax = *std::max_element(sqd.begin(), sqd.end());
+  check_finite(features, sqd, kOpRefine);
   at::Tensor rank = at::empty({n, k}, features.options().dtype(at::kInt));
   int32_t* out = rank.data_ptr<int32_t>();
   std::vector<int64_t> failed = rescore_all(x, d, n, sqd.data(), sqmax, prec, approx.data_ptr<float>(), cj, kc,

@@ -55,7 +55,7 @@ _PRECISIONS = ("fp32", "tf32", "bf16")
 _BACKENDS = ("torch", "faiss")
 
 
-def _validate(features: Tensor, k1: int, k2: int) -> None:
+def _validate(features: Tensor, k1: int, k2: int, k_name: str = "k1") -> None:
     if not isinstance(features, Tensor):
         raise TypeError(f"features must be a torch.Tensor of shape [N, D], got {type(features).__name__}")
     if features.dim() != 2:
@@ -67,11 +67,11 @@ def _validate(features: Tensor, k1: int, k2: int) -> None:
         raise ValueError(f"features must have N >= 2 rows (shape [N, D]), got shape {tuple(features.shape)}")
     if d < 1:
         raise ValueError(f"features must have D >= 1 columns (shape [N, D]), got shape {tuple(features.shape)}")
-    for name, k in (("k1", k1), ("k2", k2)):
+    for name, k in ((k_name, k1), ("k2", k2)):
         if isinstance(k, bool) or not isinstance(k, numbers.Integral):
             raise ValueError(f"{name} must be an int, got {type(k).__name__}")
     if not 1 <= k1 <= n:
-        raise ValueError(f"k1 must be in [1, N] = [1, {n}] for features of shape {tuple(features.shape)}, got {k1}")
+        raise ValueError(f"{k_name} must be in [1, N] = [1, {n}] for features of shape {tuple(features.shape)}, got {k1}")
     if k2 < 1:
         raise ValueError(f"k2 must be >= 1, got {k2}")
     if not bool(torch.isfinite(features).all()):
@@ -158,7 +158,7 @@ def knn(features: Tensor, k: int, *, precision: str = "fp32", margin: int | None
 
     Source: performance.md §1 (exactness with reduced-precision candidates).
     """
-    _validate(features, k, 1)
+    _validate(features, k, 1, k_name="k")
     margin = _check_options(precision, margin, knn_backend, features.device)
     _load_for(features)
     rank, _ = _knn_int32(features.detach().contiguous(), k, precision, margin, knn_backend)
