@@ -13,13 +13,37 @@ class NoClustersError(RuntimeError):
     """DBSCAN marked every sample as an outlier: there is nothing to train on."""
 
 
-def dbscan_labels(distances: np.ndarray, eps: float, min_samples: int = 4) -> np.ndarray:
-    """scikit-learn DBSCAN on a precomputed (N, N) distance matrix.
+def dbscan_labels(distances, eps: float, min_samples: int = 4) -> np.ndarray:
+    """scikit-learn DBSCAN on precomputed distances, dense or sparse.
+
+    Args:
+        distances: ``(N, N)`` distances: a NumPy array or dense tensor, or a sparse graph
+            (``scipy.sparse`` matrix or ``torch.sparse_csr`` tensor, e.g. the output of
+            :func:`dmdl.ops.jaccard_distance`) whose absent pairs are farther than ``eps``
+            and whose stored zeros are distances of 0.
+        eps: neighbourhood radius (same unit as ``distances``; ``d <= eps`` are neighbours).
+        min_samples: neighbours (the point itself included) that make a core point.
 
     Returns:
-        (N,) int64 labels, -1 for outliers, clusters numbered 0..K-1 as sklearn
-        numbers them.
+        (N,) int64 labels, -1 for outliers, clusters numbered 0..K-1 as sklearn numbers them
+        (by smallest core index; a border point joins the lowest-numbered cluster that reaches it).
+        A sparse graph gives labels identical to the dense matrix whenever every absent pair is
+        > eps (the Jaccard CSR omits only pairs at exactly 1, so any eps < 1).
+
+    Raises:
+        ValueError: ``eps`` >= 1 with a Jaccard CSR would drop neighbours: refused when the
+            input is a ``torch.sparse_csr`` tensor.
     """
+    if isinstance(distances, torch.Tensor):
+        if distances.layout == torch.sparse_csr:
+            if eps >= 1.0:
+                raise ValueError(f"eps={eps} >= 1 with a sparse Jaccard graph: pairs at distance 1 are not stored; "
+                                 "use output='dense' or eps < 1")
+            from dmdl.ops.jaccard import to_scipy_csr
+
+            distances = to_scipy_csr(distances)
+        else:
+            distances = distances.detach().cpu().numpy()
     model = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=1)
     return model.fit_predict(distances).astype(np.int64)
 
@@ -39,7 +63,8 @@ def cluster_features(
         features: (N, D) float features (any device; the Jaccard op runs where
             they are).
         k1, k2: k-reciprocal neighbourhood and query-expansion sizes.
-        eps, min_samples: DBSCAN parameters (eps on the Jaccard distance in [0, 1]).
+        eps, min_samples: DBSCAN parameters (eps on the Jaccard distance, in [0, 1); DBSCAN
+            runs on the sparse graph of the pairs below 1, with the labels of the dense matrix).
         renormalize: L2-normalise rows first (the Jaccard op expects unit rows;
             the reference code skips this for flip-averaged SYSU/LLCM features,
             where norms are slightly below 1).
@@ -60,7 +85,7 @@ def cluster_features(
     if renormalize:
         feats = F.normalize(feats, dim=1)
     k1 = min(k1, feats.shape[0])
-    dist = jaccard_distance(feats.contiguous(), k1=k1, k2=min(k2, k1)).cpu().numpy()
+    dist = jaccard_distance(feats.contiguous(), k1=k1, k2=min(k2, k1), output="sparse")
     labels = dbscan_labels(dist, eps=eps, min_samples=min_samples)
     if labels.max(initial=-1) < 0:
         raise NoClustersError(
