@@ -181,7 +181,7 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark"],
+        "test": ["pytest", "pytest-benchmark", "faiss-cpu"],
         "faiss": ["faiss-cpu"],
     },
     entry_points={"console_scripts": ["dmdl = dmdl.cli:main"]},

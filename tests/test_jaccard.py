@@ -1,6 +1,7 @@
-"""Tests of the k-reciprocal Jaccard distance (dmdl.ops.jaccard, algorithm.md §A9):
-compiled kernel vs pure-PyTorch reference vs an independent NumPy implementation of
-the reference repositories' dense formulation."""
+"""Tests of the exact kNN and the k-reciprocal Jaccard distance (dmdl.ops.jaccard, algorithm.md §A9):
+compiled kernels vs the pure-PyTorch reference vs independent NumPy implementations (the
+reference repositories' dense formulation; an integer-exact kNN ranking); the sparse output
+against the dense one; DBSCAN on the sparse graph against scikit-learn on the dense matrix."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from dmdl.ops import _library
-from dmdl.ops.jaccard import jaccard_distance, jaccard_distance_reference
+from dmdl.ops.jaccard import jaccard_distance, jaccard_distance_reference, knn, to_scipy_csr
+from dmdl.pseudo_labels import dbscan_labels
 
 pytestmark = pytest.mark.skipif(not _library.is_available(), reason="dmdl._C is not built")
 
@@ -82,6 +84,10 @@ def _one_thread():
     torch.set_num_threads(prev)
 
 
+def dense(x: torch.Tensor, k1: int, k2: int, **kw) -> torch.Tensor:
+    return jaccard_distance(x, k1, k2, output="dense", **kw)
+
+
 CASES = [  # (n, k1, k2, seed)
     (50, 5, 2, 0),
     (120, 25, 6, 1),  # round(25/2) = 12 (half to even)
@@ -96,29 +102,181 @@ CASES = [  # (n, k1, k2, seed)
 
 
 @pytest.mark.parametrize("n,k1,k2,seed", CASES)
-def test_cpu_kernel_matches_reference(n, k1, k2, seed):
+def test_dense_output_matches_reference(n, k1, k2, seed):
     x = clustered_features(n, seed=seed)
-    torch.testing.assert_close(jaccard_distance(x, k1, k2), jaccard_distance_reference(x, k1, k2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(dense(x, k1, k2), jaccard_distance_reference(x, k1, k2), atol=1e-5, rtol=0)
 
 
-def test_openmp_threads_agree():
+def test_dense_output_matches_reference_large():
+    x = clustered_features(2500, d=64, clusters=120, noise=0.5, seed=21)
+    torch.testing.assert_close(dense(x, 30, 6), jaccard_distance_reference(x, 30, 6), atol=1e-5, rtol=0)
+
+
+def assert_sparse_equals_dense(s: torch.Tensor, d: torch.Tensor) -> None:
+    n = d.shape[0]
+    assert s.layout == torch.sparse_csr and s.shape == (n, n) and s.dtype == torch.float32
+    crow, col, val = s.crow_indices().long(), s.col_indices().long(), s.values()
+    rows = torch.repeat_interleave(torch.arange(n), crow.diff())
+    # stored: exactly the pairs below 1, columns strictly ascending within each row
+    assert int((d < 1).sum()) == val.numel()
+    assert bool((val < 1).all()) and bool((val >= 0).all())
+    same_row = rows[1:] == rows[:-1]
+    assert bool((col[1:][same_row] > col[:-1][same_row]).all())
+    assert torch.equal(val, d[rows, col])  # bitwise: the dense output is built from the same numbers
+    full = torch.ones(n, n)
+    full[rows, col] = val
+    assert torch.equal(full, d)
+
+
+@pytest.mark.parametrize("n,k1,k2,seed", CASES[:6])
+def test_sparse_output_equals_dense_and_is_one_elsewhere(n, k1, k2, seed):
+    x = clustered_features(n, seed=seed)
+    ref = jaccard_distance_reference(x, k1, k2)
+    s = jaccard_distance(x, k1, k2)
+    assert_sparse_equals_dense(s, dense(x, k1, k2))
+    rows = torch.repeat_interleave(torch.arange(n), s.crow_indices().long().diff())
+    torch.testing.assert_close(s.values(), ref[rows, s.col_indices().long()], atol=1e-5, rtol=0)
+    assert bool((ref[dense(x, k1, k2) == 1] == 1).all())  # absent pairs are exactly 1 in the reference too
+
+
+def test_zero_distances_are_stored():
+    base = clustered_features(30, seed=12)
+    x = base[torch.arange(90) % 30].contiguous()  # every row three times: many d = 0 pairs
+    s = jaccard_distance(x, 10, 4)
+    d = dense(x, 10, 4)
+    assert_sparse_equals_dense(s, d)
+    assert int((s.values() == 0).sum()) >= 90  # the diagonal and the duplicate pairs, stored as explicit zeros
+
+
+def test_threads_agree():
     x = clustered_features(400, seed=10)
-    one = jaccard_distance(x, 30, 6)
+    one = dense(x, 30, 6)
     torch.set_num_threads(2)
-    assert torch.equal(jaccard_distance(x, 30, 6), one)  # rows are independent: bitwise equal
+    assert torch.equal(dense(x, 30, 6), one)  # rows are independent: bitwise equal
 
 
 def test_unnormalised_features_match_reference():
     # The reference does not renormalise (e.g. flip-averaged features); neither do we.
     x = clustered_features(200, seed=11) * (0.8 + 0.4 * torch.rand(200, 1, generator=torch.Generator().manual_seed(3)))
-    torch.testing.assert_close(jaccard_distance(x, 20, 6), jaccard_distance_reference(x, 20, 6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(dense(x, 20, 6), jaccard_distance_reference(x, 20, 6), atol=1e-5, rtol=0)
 
 
 def test_ties_broken_by_index():
     # Exact duplicates make many tied distances, also across the k-th place.
     base = clustered_features(30, seed=12)
     x = base[torch.arange(90) % 30].contiguous()
-    torch.testing.assert_close(jaccard_distance(x, 10, 4), jaccard_distance_reference(x, 10, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(dense(x, 10, 4), jaccard_distance_reference(x, 10, 4), atol=1e-5, rtol=0)
+
+
+# ---- exact kNN -------------------------------------------------------------------------------
+
+def dyadic_features(n: int, d: int = 48, seed: int = 0, near_ties: bool = True) -> tuple[torch.Tensor, np.ndarray]:
+    """Rows of integers in [-2048, 2048] scaled by 2^-11: every canonical value
+    |x_j|^2 - 2 x_i.x_j is an exact integer multiple of 2^-22 (computed below in int64), while
+    float32 GEMMs round and bfloat16 (8 bits) cannot even represent the inputs. With near_ties,
+    a third of the rows are exact duplicates and a third differ from another row by one unit
+    in one coordinate: distance gaps of ~2^-11, far below bf16's resolution."""
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(-2048, 2049, size=(max(2, n // 15), d))
+    q = centres[rng.integers(0, len(centres), n)] + rng.integers(-300, 301, size=(n, d))
+    if near_ties:
+        third = n // 3
+        src = rng.integers(0, third, size=n - third)
+        q[third : 2 * third] = q[src[:third]]
+        q[2 * third :] = q[src[third:]]
+        q[2 * third :, 0] += rng.choice([-1, 1], size=n - 2 * third)
+    q = np.clip(q, -2048, 2048).astype(np.int64)
+    return torch.from_numpy(q.astype(np.float32) / 2048.0), q
+
+
+def exact_knn(q: np.ndarray, k: int) -> np.ndarray:
+    """The k smallest (|x_j|^2 - 2 x_i.x_j, j) per row, in exact integer arithmetic."""
+    sq = (q * q).sum(1)
+    c = sq[None, :] - 2 * (q @ q.T)
+    j = np.broadcast_to(np.arange(len(q)), c.shape)
+    return np.stack([np.lexsort((j[i], c[i]))[:k] for i in range(len(q))])
+
+
+@pytest.mark.parametrize("n,k,seed", [(60, 10, 0), (300, 30, 1), (500, 31, 2), (90, 90, 3)])
+def test_knn_exact_on_near_ties_for_every_precision_and_backend(n, k, seed):
+    x, q = dyadic_features(n, seed=seed)
+    expected = exact_knn(q, k)
+    for precision in ("fp32", "bf16"):
+        for margin in (0, 4, None):
+            got = knn(x, k, precision=precision, margin=margin)
+            np.testing.assert_array_equal(got.numpy(), expected, err_msg=f"{precision} margin={margin}")
+
+
+def test_knn_redoes_uncertified_rows():
+    # Without a margin the certificate cannot hold for bf16 candidates (their error bound exceeds
+    # any gap): the rows are redone by a wider fp32 pass; exact duplicates tied at the k-th place
+    # fail even in fp32 and are settled by the canonical scan.
+    x, q = dyadic_features(240, seed=4)
+    rank, stats = torch.ops.dmdl.knn(x, 12, "bf16", 0)
+    assert int(stats[0]) > 100
+    np.testing.assert_array_equal(rank.long().numpy(), exact_knn(q, 12))
+    rank, stats = torch.ops.dmdl.knn(x, 12, "fp32", 0)
+    assert int(stats[1]) > 0  # duplicates tie at the k-th place: the canonical scan settles them
+    np.testing.assert_array_equal(rank.long().numpy(), exact_knn(q, 12))
+    # clustered real-valued features: every row certified at once
+    y = clustered_features(400, d=64, seed=5)
+    _, stats = torch.ops.dmdl.knn(y, 30, "fp32", 8)
+    assert stats.tolist() == [0, 0]
+
+
+def test_knn_matches_float64_ranking_on_real_valued_features():
+    x = clustered_features(700, d=96, seed=6)
+    xd = x.double()
+    c = (xd * xd).sum(1)[None, :] - 2 * xd @ xd.t()
+    expected = torch.sort(c, dim=1, stable=True).indices[:, :30]
+    assert torch.equal(knn(x, 30), expected)
+    assert torch.equal(knn(x, 30, precision="bf16"), expected)
+
+
+def test_knn_faiss_backend_is_exact_too():
+    pytest.importorskip("faiss")
+    x, q = dyadic_features(300, seed=7)
+    np.testing.assert_array_equal(knn(x, 20, knn_backend="faiss").numpy(), exact_knn(q, 20))
+    y = clustered_features(300, seed=8)
+    assert torch.equal(jaccard_distance(y, 20, 6, knn_backend="faiss").to_dense(), jaccard_distance(y, 20, 6).to_dense())
+
+
+def test_knn_refine_rejects_bad_candidates():
+    x = clustered_features(50, seed=0)
+    cand = torch.zeros(50, 10, dtype=torch.int32)
+    approx = torch.zeros(50, 10)
+    with pytest.raises(RuntimeError, match="candidates.*outside"):
+        torch.ops.dmdl.knn_refine(x, cand + 50, approx, 5, "fp32")
+    with pytest.raises(RuntimeError, match="approx"):
+        torch.ops.dmdl.knn_refine(x, cand, approx[:, :9].contiguous(), 5, "fp32")
+    with pytest.raises(RuntimeError, match="k"):
+        torch.ops.dmdl.knn_refine(x, cand, approx, 11, "fp32")
+    with pytest.raises(RuntimeError, match="precision"):
+        torch.ops.dmdl.knn_refine(x, cand, approx, 5, "fp16")
+
+
+# ---- DBSCAN on the sparse graph ---------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dbscan_on_sparse_graph_matches_sklearn_on_dense(seed):
+    from sklearn.cluster import DBSCAN
+
+    x = clustered_features(600, d=32, clusters=40, noise=0.45, seed=seed)
+    x = torch.cat([x, x[:40]])  # duplicates: zero distances off the diagonal
+    s = jaccard_distance(x, 20, 6)
+    d = dense(x, 20, 6).numpy()
+    for eps in (0.3, 0.5, 0.6, 0.75):
+        for min_samples in (2, 4):
+            expected = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(d)
+            assert expected.max() >= 1
+            np.testing.assert_array_equal(dbscan_labels(s, eps, min_samples), expected)
+            np.testing.assert_array_equal(dbscan_labels(to_scipy_csr(s), eps, min_samples), expected)
+
+
+def test_dbscan_refuses_eps_of_one_on_sparse_graph():
+    s = jaccard_distance(clustered_features(40, seed=0), 5, 2)
+    with pytest.raises(ValueError, match="eps"):
+        dbscan_labels(s, 1.0, 4)
 
 
 @pytest.mark.parametrize("n,k1,k2,seed", [(40, 6, 1, 0), (90, 25, 6, 1), (150, 20, 6, 2), (120, 9, 3, 3)])
@@ -147,16 +305,16 @@ def test_tiny_hand_checkable_case():
     sa_, sb_ = 2 * (1 - p), 2 * (1 - q)
     da, db = 1 - sa_ / (2 - sa_), 1 - sb_ / (2 - sb_)
     expected = torch.tensor([[0, da, 1, 1], [da, 0, 1, 1], [1, 1, 0, db], [1, 1, db, 0]], dtype=torch.float32)
-    torch.testing.assert_close(jaccard_distance(x, 2, 1), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(dense(x, 2, 1), expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(jaccard_distance_reference(x, 2, 1), expected, atol=1e-6, rtol=0)
     # k2 = 2: each V row becomes the mean of the pair's rows, (1/2, 1/2), so pairs coincide.
     expected2 = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]], dtype=torch.float32)
-    torch.testing.assert_close(jaccard_distance(x, 2, 2), expected2, atol=1e-6, rtol=0)
+    torch.testing.assert_close(dense(x, 2, 2), expected2, atol=1e-6, rtol=0)
 
 
 def test_properties():
     x = clustered_features(300, clusters=30, noise=0.3, seed=9)
-    d = jaccard_distance(x, 30, 6)
+    d = dense(x, 30, 6)
     assert d.shape == (300, 300) and d.dtype == torch.float32
     assert float(d.min()) >= 0.0 and float(d.max()) <= 1.0
     torch.testing.assert_close(d.diagonal(), torch.zeros(300), atol=1e-6, rtol=0)
@@ -169,7 +327,13 @@ def test_properties():
 
 def test_opcheck():
     x = clustered_features(24, d=8, seed=3)
-    torch.library.opcheck(torch.ops.dmdl.jaccard_distance.default, (x, 5, 3))
+    torch.library.opcheck(torch.ops.dmdl.knn.default, (x, 5, "fp32", 4))
+    torch.library.opcheck(torch.ops.dmdl.knn.default, (x, 5, "bf16", 2))
+    rank, _ = torch.ops.dmdl.knn(x, 8, "fp32", 8)
+    approx = torch.randn(24, 8).sort(dim=1).values
+    torch.library.opcheck(torch.ops.dmdl.knn_refine.default, (x, rank, approx, 5, "fp32"))
+    torch.library.opcheck(torch.ops.dmdl.jaccard_sparse.default, (x, rank, 3),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
 def test_wrapper_errors():
@@ -197,22 +361,55 @@ def test_wrapper_errors():
 
 
 def test_op_errors_from_cpp():
-    op = torch.ops.dmdl.jaccard_distance
     x = clustered_features(20, seed=0)
-    with pytest.raises(RuntimeError, match="float32"):
-        op(x.double(), 5, 2)
-    with pytest.raises(RuntimeError, match="2-D"):
-        op(x[0].contiguous(), 5, 2)
-    with pytest.raises(RuntimeError, match="contiguous"):
-        op(torch.cat([x, x], 1)[:, ::2], 5, 2)
-    with pytest.raises(RuntimeError, match="k1 must be in"):
-        op(x, 21, 2)
-    with pytest.raises(RuntimeError, match="k1 must be in"):
-        op(x, 0, 2)
-    with pytest.raises(RuntimeError, match="k2 must be"):
-        op(x, 5, 0)
+    rank, _ = torch.ops.dmdl.knn(x, 5, "fp32", 4)
+    knn_op, jac = torch.ops.dmdl.knn, torch.ops.dmdl.jaccard_sparse
+    with pytest.raises(RuntimeError, match="dmdl::knn: `features` must be float32"):
+        knn_op(x.double(), 5, "fp32", 4)
+    with pytest.raises(RuntimeError, match="`features` must be 2-D"):
+        knn_op(x[0].contiguous(), 5, "fp32", 4)
+    with pytest.raises(RuntimeError, match="`features` must be contiguous"):
+        knn_op(torch.cat([x, x], 1)[:, ::2], 5, "fp32", 4)
+    with pytest.raises(RuntimeError, match="`k` must be in"):
+        knn_op(x, 21, "fp32", 4)
+    with pytest.raises(RuntimeError, match="`margin` must be"):
+        knn_op(x, 5, "fp32", -1)
+    with pytest.raises(RuntimeError, match="`precision` must be"):
+        knn_op(x, 5, "int8", 4)
+    with pytest.raises(RuntimeError, match="tf32.*CUDA only"):
+        knn_op(x, 5, "tf32", 4)
     with pytest.raises(RuntimeError, match="N >= 2"):
-        op(x[:1], 1, 1)
+        knn_op(x[:1], 1, "fp32", 0)
+    bad = x.clone()
+    bad[7, 2] = float("inf")
+    with pytest.raises(RuntimeError, match="`features` must be finite: row 7"):
+        knn_op(bad, 5, "fp32", 4)
+    with pytest.raises(RuntimeError, match="dmdl::jaccard_sparse: `rank` must be int32"):
+        jac(x, rank.long(), 2)
+    with pytest.raises(RuntimeError, match="`rank` must be \\[N, k1\\]"):
+        jac(x, rank[:10].contiguous(), 2)
+    with pytest.raises(RuntimeError, match="`rank` holds 1 indices outside"):
+        r = rank.clone()
+        r[3, 1] = 20
+        jac(x, r, 2)
+    with pytest.raises(RuntimeError, match="`k2` must be"):
+        jac(x, rank, 0)
+
+
+def test_wrapper_option_errors():
+    x = clustered_features(20, seed=0)
+    with pytest.raises(ValueError, match="output"):
+        jaccard_distance(x, 5, 2, output="coo")
+    with pytest.raises(ValueError, match="precision"):
+        jaccard_distance(x, 5, 2, precision="fp16")
+    with pytest.raises(ValueError, match="tf32.*CUDA"):
+        knn(x, 5, precision="tf32")
+    with pytest.raises(ValueError, match="knn_backend"):
+        knn(x, 5, knn_backend="annoy")
+    with pytest.raises(ValueError, match="margin"):
+        knn(x, 5, margin=-2)
+    with pytest.raises(ValueError, match="k must be in"):
+        knn(x, 21)
 
 
 def test_missing_extension_raises_import_error(monkeypatch):
@@ -220,20 +417,3 @@ def test_missing_extension_raises_import_error(monkeypatch):
     monkeypatch.setattr(_library, "_error", ImportError("simulated"))
     with pytest.raises(ImportError, match="pip install --no-build-isolation"):
         jaccard_distance(clustered_features(10), 3, 2)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available (torch.cuda.is_available() is False)")
-@pytest.mark.parametrize("n,k1,k2,seed", [(300, 20, 6, 0), (600, 30, 6, 1), (200, 25, 1, 2), (90, 10, 4, 3)])
-def test_cuda_kernel_matches_cpu_and_reference(n, k1, k2, seed):
-    from dmdl import _C
-
-    if not _C.cuda_compiled():
-        pytest.skip("dmdl._C was built without CUDA kernels")
-    x = clustered_features(n, seed=seed)
-    got = jaccard_distance(x.cuda(), k1, k2)
-    assert got.is_cuda
-    torch.testing.assert_close(got.cpu(), jaccard_distance(x, k1, k2), atol=1e-5, rtol=0)
-    torch.testing.assert_close(got.cpu(), jaccard_distance_reference(x, k1, k2), atol=1e-5, rtol=0)
-    torch.library.opcheck(torch.ops.dmdl.jaccard_distance.default, (x[:24].cuda(), 5, 3))
-    with pytest.raises(RuntimeError, match="float32"):
-        torch.ops.dmdl.jaccard_distance(x.cuda().double(), 5, 2)
