@@ -1,15 +1,21 @@
-"""Benchmark: dmdl.ops.jaccard_distance against what users run today.
+"""Benchmark: dmdl.ops.jaccard_distance against the pipeline users run today and the machine's limit.
 
-The baseline is the reference repositories' algorithm (faiss_rerank.compute_jaccard_distance)
-re-implemented in NumPy the way they run it: exact kNN (faiss-cpu IndexFlatL2 when
-importable, else torch matmul + top-k), then Python loops over rows filling dense
-N x N float32 matrices (V, query-expanded V, Jaccard). performance.md §1.
+Three contenders per (N, threads), same process, same features (clustered synthetic, D = 2048,
+k1 = 30, k2 = 6; performance.md §1):
 
-    python -m pytest bench/bench_jaccard.py                       # N = 2,000
-    python -m pytest bench/bench_jaccard.py --run-slow            # also N = 12,000
-    python -m pytest bench/bench_jaccard.py --benchmark-disable   # CI: each body once
+* ``ours``: ``jaccard_distance(x, output="sparse")`` (exact fp32 kNN + the sparse kernels);
+* ``reference``: the reference repositories' ``compute_jaccard_distance`` re-implemented here
+  from the published algorithm the way they run it: faiss-cpu ``IndexFlatL2`` kNN (torch
+  matmul + top-k when faiss is missing), then NumPy loops over rows filling dense N x N matrices;
+* ``mm``: one same-size fp32 ``torch.mm(x, x.T)``, the GEMM every exact method has to pay.
 
-No time is asserted; the two results are checked to agree.
+and DBSCAN (eps 0.6, min_samples 4) on the dense matrix vs on our CSR (identical labels).
+
+    python -m pytest bench/bench_jaccard.py                          # N = 4,000
+    python -m pytest bench/bench_jaccard.py --run-slow               # also N = 12,000 and 22,000
+    python -m pytest bench/bench_jaccard.py --benchmark-json out.json && python bench/summarize_jaccard.py out.json
+
+No time is asserted; results are checked to agree.
 """
 
 from __future__ import annotations
@@ -20,25 +26,41 @@ import torch
 import torch.nn.functional as F
 
 from dmdl.ops import jaccard_distance
+from dmdl.ops.jaccard import to_scipy_csr
 
-try:  # optional kNN backend of the baseline
+try:  # optional kNN backend of the reference pipeline
     import faiss  # type: ignore
 except ImportError:  # pragma: no cover - depends on the environment
     faiss = None
 
-K1, K2 = 30, 6
-SIZES = [pytest.param(2000, id="N2000"), pytest.param(12000, id="N12000", marks=pytest.mark.slow)]
-DIMS = [256, 2048]
+K1, K2, D = 30, 6, 2048
+SIZES = [
+    pytest.param(4000, id="N4000"),
+    pytest.param(12000, id="N12000", marks=pytest.mark.slow),
+    pytest.param(22000, id="N22000", marks=pytest.mark.slow),
+]
+THREADS = [1, 2]
 
 
-def make_features(n: int, d: int, seed: int = 0) -> torch.Tensor:
+def make_features(n: int, d: int = D, seed: int = 0) -> torch.Tensor:
+    """Clusters of ~20 around random centres, heavy noise: L2-normalised rows."""
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(max(2, n // 20), d, generator=g)
     labels = torch.randint(0, centres.shape[0], (n,), generator=g)
     return F.normalize(centres[labels] + 0.8 * torch.randn(n, d, generator=g), dim=1)
 
 
-def baseline_knn(f: np.ndarray, k: int) -> np.ndarray:
+_FEATURES: dict[int, torch.Tensor] = {}
+
+
+def features(n: int) -> torch.Tensor:
+    if n not in _FEATURES:
+        _FEATURES.clear()
+        _FEATURES[n] = make_features(n)
+    return _FEATURES[n]
+
+
+def reference_knn(f: np.ndarray, k: int) -> np.ndarray:
     if faiss is not None:
         index = faiss.IndexFlatL2(f.shape[1])
         index.add(f)
@@ -52,11 +74,11 @@ def baseline_knn(f: np.ndarray, k: int) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def baseline_jaccard(features: torch.Tensor, k1: int = K1, k2: int = K2) -> np.ndarray:
+def reference_jaccard(features: torch.Tensor, k1: int = K1, k2: int = K2) -> np.ndarray:
     """The reference algorithm with dense matrices and row loops (what users run today)."""
     f = features.numpy().astype(np.float32)
     n = f.shape[0]
-    rank = baseline_knn(f, k1)
+    rank = reference_knn(f, k1)
 
     def recip(i: int, k: int) -> np.ndarray:
         fwd = rank[i, : k + 1]
@@ -95,34 +117,59 @@ def baseline_jaccard(features: torch.Tensor, k1: int = K1, k2: int = K2) -> np.n
     return out
 
 
-@pytest.fixture(params=["threads1", "threadsN"])
+@pytest.fixture(params=THREADS, ids=lambda t: f"threads{t}")
 def threads(request):
-    """1 thread, and torch's default (all cores): on a shared machine OpenMP regions can
-    stall behind other processes, so the single-thread number is the steadier one."""
     prev = torch.get_num_threads()
-    if request.param == "threads1":
-        torch.set_num_threads(1)
-    yield torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    if faiss is not None:
+        faiss.omp_set_num_threads(request.param)
+    yield request.param
     torch.set_num_threads(prev)
 
 
-@pytest.mark.parametrize("d", DIMS, ids=lambda d: f"D{d}")
+def _group(benchmark, name: str, n: int, threads: int, **extra) -> None:
+    benchmark.group = f"{name} N={n} threads={threads}"
+    benchmark.extra_info.update(n=n, d=D, k1=K1, k2=K2, threads=threads, **extra)
+
+
 @pytest.mark.parametrize("n", SIZES)
-def test_dmdl_jaccard(benchmark, n, d, threads):
-    x = make_features(n, d)
-    benchmark.group = f"jaccard N={n} D={d}"
-    benchmark.extra_info.update(n=n, d=d, k1=K1, k2=K2, threads=threads)
+def test_ours(benchmark, n, threads):
+    x = features(n)
+    _group(benchmark, "jaccard", n, threads, contender="ours")
     out = benchmark.pedantic(jaccard_distance, args=(x, K1, K2), rounds=3 if n <= 4000 else 1, iterations=1)
-    assert out.shape == (n, n)
+    benchmark.extra_info["nnz_per_row"] = out.values().numel() / n
 
 
-@pytest.mark.parametrize("d", DIMS, ids=lambda d: f"D{d}")
 @pytest.mark.parametrize("n", SIZES)
-def test_baseline_numpy_dense(benchmark, n, d):
-    x = make_features(n, d)
-    benchmark.group = f"jaccard N={n} D={d}"
-    benchmark.extra_info.update(n=n, d=d, k1=K1, k2=K2, knn="faiss-cpu" if faiss is not None else "torch")
-    out = benchmark.pedantic(baseline_jaccard, args=(x,), rounds=1, iterations=1)
-    # Same algorithm: agrees with dmdl except where kNN ties/near-ties are ordered differently.
-    ours = jaccard_distance(x, K1, K2).numpy()
-    assert np.mean(np.abs(out - ours) < 1e-4) > 0.99
+def test_reference(benchmark, n, threads):
+    x = features(n)
+    _group(benchmark, "jaccard", n, threads, contender="reference",
+           knn="faiss-cpu IndexFlatL2" if faiss is not None else "torch mm + topk")
+    out = benchmark.pedantic(reference_jaccard, args=(x,), rounds=1, iterations=1)
+    ours = jaccard_distance(x, K1, K2, output="dense")
+    # same algorithm; faiss orders near-tied neighbours by its own rounding
+    assert np.mean(np.abs(out - ours.numpy()) < 1e-4) > 0.99
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_mm(benchmark, n, threads):
+    x = features(n)
+    _group(benchmark, "jaccard", n, threads, contender="mm")
+    benchmark.pedantic(torch.mm, args=(x, x.t()), rounds=3 if n <= 4000 else 1, iterations=1)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_dbscan(benchmark, n, layout):
+    from sklearn.cluster import DBSCAN
+
+    x = features(n)
+    if layout == "dense":
+        graph = jaccard_distance(x, K1, K2, output="dense").numpy()
+    else:
+        graph = to_scipy_csr(jaccard_distance(x, K1, K2))
+    benchmark.group = f"dbscan N={n}"
+    benchmark.extra_info.update(n=n, layout=layout)
+    model = DBSCAN(eps=0.6, min_samples=4, metric="precomputed", n_jobs=1)
+    labels = benchmark.pedantic(model.fit_predict, args=(graph,), rounds=1, iterations=1)
+    benchmark.extra_info["clusters"] = int(labels.max()) + 1
