@@ -409,3 +409,31 @@ def test_cuda_ops_match_cpu():
         a = momentum_update_(mem.clone(), x, y, 0.2, hard=hard)
         b = momentum_update_(mem.cuda(), x.cuda(), y.cuda(), 0.2, hard=hard)
         assert (a - b.cpu()).abs().max().item() <= 1e-5
+
+
+def test_cross_modal_memory_soft_loss_equals_soft_cross_entropy_of_logits():
+    from dmdl.losses import soft_cross_entropy
+    from dmdl.memories import CrossModalMemory
+
+    g = torch.Generator().manual_seed(50)
+    feats = {"visible": torch.randn(12, 16, generator=g), "infrared": torch.randn(10, 16, generator=g)}
+    labels = {"visible": np.array([0, 2, 2, 4, 0, 4, 2, 0, -1, 4, 2, 0]),
+              "infrared": np.array([1, 3, 0, 0, 1, 3, 2, 4, 4, -1])}
+    cm = CrossModalMemory.build(feats, labels, temperature=T, momentum=0.2, shared=True)
+    np.testing.assert_array_equal(cm.row_ids("visible").numpy(), [0, 2, 4])
+    x = torch.randn(6, 16, generator=g)
+    t = torch.softmax(torch.randn(6, 3, generator=g), dim=1)
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    got = cm.soft_loss("visible", xa, t)
+    want = soft_cross_entropy(cm.logits("visible", xb), t)
+    got.backward()
+    want.backward()
+    assert got.item() == pytest.approx(want.item(), abs=1e-5)
+    assert (xa.grad - xb.grad).abs().max().item() <= 1e-6
+    # update through row_ids: ids 1 and 3 have no visible row and are skipped
+    before = cm.memories["visible"].features.clone()
+    ids = torch.tensor([4, 1, 0, 4, 3, 2])
+    cm.update("visible", x, ids)
+    want_mem = np_sequential_update(before.numpy(), x.numpy(), ids.numpy(), 0.2, row_ids=np.array([0, 2, 4]))
+    np.testing.assert_allclose(cm.memories["visible"].features.numpy(), want_mem, atol=1e-6)
