@@ -22,6 +22,9 @@
 
 #include "dmdl/memory.h"
 
+// 32-byte vector types inside always-inlined helpers (dmdl/memory.h): no ABI boundary is crossed.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace dmdl {
 namespace memory {
 namespace {
@@ -31,7 +34,7 @@ template <typename T>
 struct RowArgs {
   const T* x;       // [B, D] features
   T* s;             // [B, K] raw dot products in, logit gradient out
-  T* coef;          // [B] out: coefficient of x_i in dL/dx_i
+  T* grad;          // [B, D] out: the normalisation term coef_i * x_i of dL/dx_i (G M is added later)
   double* losses;   // [B] out: per-row loss
   const int64_t* y; // [B] hard labels, or nullptr
   const T* t;       // [B, K] soft targets, or nullptr
@@ -39,25 +42,25 @@ struct RowArgs {
   double temperature;
 };
 
-// Row function of the fused pass: the generic one of dmdl/memory.h (double, libm exp) or its
-// vectorised float version.
-// (always_inline: compiled into the caller, whose target may be AVX2.)
+// Row function of the fused pass: the generic one of dmdl/memory.h (libm exp) or its vectorised
+// float version. Always inlined: compiled into the caller, whose target may be AVX2.
+#define DMDL_ALWAYS_INLINE inline __attribute__((always_inline))
 struct RowGeneric {
   template <typename T>
-  inline __attribute__((always_inline)) void operator()(T* s, int64_t k, double c, int64_t label, const T* t, double gscale, double* loss,
-                  double* r) const {
+  DMDL_ALWAYS_INLINE void operator()(T* s, int64_t k, double c, int64_t label, const T* t, double gscale,
+                                     double* loss, double* r) const {
     softmax_ce_row<T, double>(s, k, c, label, t, gscale, loss, r, ExpLibm());
   }
 };
 struct RowSimd {
-  inline __attribute__((always_inline)) void operator()(float* s, int64_t k, double c, int64_t label, const float* t, double gscale, double* loss,
-                  double* r) const {
+  DMDL_ALWAYS_INLINE void operator()(float* s, int64_t k, double c, int64_t label, const float* t, double gscale,
+                                     double* loss, double* r) const {
     softmax_ce_row_simd(s, k, c, label, t, gscale, loss, r);
   }
 };
 
 template <typename T, typename Row>
-inline __attribute__((always_inline)) void loss_rows_impl(const RowArgs<T>& a, int64_t i0, int64_t i1, Row row) {
+DMDL_ALWAYS_INLINE void loss_rows_impl(const RowArgs<T>& a, int64_t i0, int64_t i1, Row row) {
   for (int64_t i = i0; i < i1; ++i) {
     const double xn = row_norm<T, double>(a.x + i * a.d, a.d);
     const double inv = 1.0 / max_(xn, kNormEps);
@@ -67,36 +70,77 @@ inline __attribute__((always_inline)) void loss_rows_impl(const RowArgs<T>& a, i
         &r);
     a.losses[i] = loss;
     // d/dx of 1/max(||x||, eps): zero where the clamp is active (as autograd of F.normalize).
-    a.coef[i] = static_cast<T>(xn > kNormEps ? -inv * inv * r : 0.0);
+    const T coef = static_cast<T>(xn > kNormEps ? -inv * inv * r : 0.0);
+    const T* xi = a.x + i * a.d;
+    T* gi = a.grad + i * a.d;
+    DMDL_SIMD
+    for (int64_t t = 0; t < a.d; ++t) gi[t] = coef * xi[t];
   }
 }
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 // float: the vectorised row compiled for AVX2 + FMA when the CPU has them; else the generic row
 // (libm exp; faster than 8-lane vectors split into SSE halves).
 __attribute__((target("avx2,fma"))) void loss_rows_float_avx2(const RowArgs<float>& a, int64_t i0, int64_t i1) {
   loss_rows_impl(a, i0, i1, RowSimd());
 }
-void loss_rows_float_base(const RowArgs<float>& a, int64_t i0, int64_t i1) { loss_rows_impl(a, i0, i1, RowGeneric()); }
-
-bool cpu_has_avx2_fma() {
-#if defined(__x86_64__) || defined(__i386__)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
 
 void loss_rows(const RowArgs<float>& a, int64_t i0, int64_t i1) {
-  if (cpu_has_avx2_fma()) {
+  static const bool avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2_fma) {
     loss_rows_float_avx2(a, i0, i1);
   } else {
-    loss_rows_float_base(a, i0, i1);
+    loss_rows_impl(a, i0, i1, RowGeneric());
   }
 }
+#else
+// float on other targets: the generic vector extensions, compiled for the baseline ISA.
+void loss_rows(const RowArgs<float>& a, int64_t i0, int64_t i1) { loss_rows_impl(a, i0, i1, RowSimd()); }
+#endif
 
 // double (gradcheck, references): libm exp.
 void loss_rows(const RowArgs<double>& a, int64_t i0, int64_t i1) { loss_rows_impl(a, i0, i1, RowGeneric()); }
+
+// Arguments of the parallel update: rows distinct[q0:q1], row r's samples order[start[r]:start[r+1]].
+template <typename T>
+struct UpdateArgs {
+  T* m;             // [K, D] memory, updated in place
+  const T* x;       // [B, D] features
+  const double* mu; // [B] momentum
+  const int64_t* order;
+  const int64_t* start;
+  const int64_t* distinct;
+  int64_t d;
+  bool hard;
+};
+
+template <typename T>
+DMDL_ALWAYS_INLINE void update_rows_impl(const UpdateArgs<T>& a, int64_t q0, int64_t q1) {
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t r = a.distinct[q];
+    update_row<T, double>(a.m + r * a.d, a.x, a.d, a.mu, a.order + a.start[r], a.start[r + 1] - a.start[r], a.hard);
+  }
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+template <typename T>
+__attribute__((target("avx2,fma"))) void update_rows_avx2(const UpdateArgs<T>& a, int64_t q0, int64_t q1) {
+  update_rows_impl(a, q0, q1);
+}
+
+template <typename T>
+void update_rows(const UpdateArgs<T>& a, int64_t q0, int64_t q1) {
+  static const bool avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2_fma) {
+    update_rows_avx2(a, q0, q1);
+  } else {
+    update_rows_impl(a, q0, q1);
+  }
+}
+#else
+template <typename T>
+void update_rows(const UpdateArgs<T>& a, int64_t q0, int64_t q1) { update_rows_impl(a, q0, q1); }
+#endif
 
 void check_features_memory(const char* op, const at::Tensor& features, const at::Tensor& memory) {
   TORCH_CHECK(memory.device().is_cpu(), op, ": this kernel expects memory on the CPU, got ", memory.device());
@@ -147,12 +191,12 @@ std::tuple<at::Tensor, at::Tensor> memory_loss_forward_cpu(const at::Tensor& fea
   }
 
   at::Tensor s = at::mm(x, m.t());  // [B, K] raw dot products; becomes the logit gradient in place
-  at::Tensor coef = at::empty({b, 1}, x.options());
+  at::Tensor grad = at::empty({b, d}, x.options());
   std::vector<double> losses(static_cast<size_t>(b));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "memory_loss_forward_cpu", [&] {
     RowArgs<scalar_t> a{x.data_ptr<scalar_t>(),
                         s.data_ptr<scalar_t>(),
-                        coef.data_ptr<scalar_t>(),
+                        grad.data_ptr<scalar_t>(),
                         losses.data(),
                         soft ? nullptr : tgt.data_ptr<int64_t>(),
                         soft ? tgt.data_ptr<scalar_t>() : nullptr,
@@ -163,8 +207,7 @@ std::tuple<at::Tensor, at::Tensor> memory_loss_forward_cpu(const at::Tensor& fea
     const int64_t grain = std::max<int64_t>(1, 32768 / k);
     at::parallel_for(0, b, grain, [&](int64_t i0, int64_t i1) { loss_rows(a, i0, i1); });
   });
-  at::Tensor grad = x * coef;  // normalisation term, then + G M
-  grad.addmm_(s, m);
+  grad.addmm_(s, m);  // + G M: dL/dx = G M + coef x
   double total = 0.0;
   for (int64_t i = 0; i < b; ++i) total += losses[static_cast<size_t>(i)];
   at::Tensor loss = at::scalar_tensor(total / static_cast<double>(b), x.options());
@@ -241,27 +284,16 @@ void momentum_update_cpu(at::Tensor& memory, const at::Tensor& features, const a
   }
   if (distinct.empty()) return;
 
-  // Per-sample momentum (double) and clamped feature norms.
+  // Per-sample momentum (double); the rows run in parallel, each row's samples in batch order.
   const at::Tensor mu_t = momentum.to(at::kDouble).expand({b}).contiguous();
-  const double* mup = mu_t.data_ptr<double>();
   const at::Tensor x = features.contiguous();
-  std::vector<double> xnorm(static_cast<size_t>(b));
   AT_DISPATCH_FLOATING_TYPES(memory.scalar_type(), "momentum_update_cpu", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    scalar_t* mp = memory.data_ptr<scalar_t>();
-    const int64_t* op_ = order.data();
-    const int64_t* st = start.data();
-    const int64_t* dr = distinct.data();
-    for (int64_t i = 0; i < b; ++i) xnorm[i] = max_(row_norm<scalar_t, double>(xp + i * d, d), kNormEps);
-    const double* xnp = xnorm.data();
+    UpdateArgs<scalar_t> a{memory.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), mu_t.data_ptr<double>(),
+                           order.data(), start.data(), distinct.data(), d, hard};
     const int64_t n_rows = static_cast<int64_t>(distinct.size());
-    const int64_t per_row = std::max<int64_t>(1, d * (b / n_rows));
-    at::parallel_for(0, n_rows, std::max<int64_t>(1, 16384 / per_row), [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t r = dr[q];
-        update_row<scalar_t, double>(mp + r * d, xp, d, xnp, mup, op_ + st[r], st[r + 1] - st[r], hard);
-      }
-    });
+    const int64_t per_row = std::max<int64_t>(1, 4 * d * (static_cast<int64_t>(order.size()) / n_rows));
+    at::parallel_for(0, n_rows, std::max<int64_t>(1, 65536 / per_row),
+                     [&](int64_t q0, int64_t q1) { update_rows(a, q0, q1); });
   });
 }
 

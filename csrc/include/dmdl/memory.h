@@ -19,8 +19,26 @@
 
 #if defined(__CUDACC__)
 #define DMDL_HOST_DEVICE __host__ __device__
+#define DMDL_INLINE __forceinline__
+#elif defined(__GNUC__)
+#define DMDL_HOST_DEVICE
+#define DMDL_INLINE inline __attribute__((always_inline))  // into callers compiled for AVX2
 #else
 #define DMDL_HOST_DEVICE
+#define DMDL_INLINE inline
+#endif
+
+// Loop pragmas: OpenMP SIMD reductions on the host (no -ffast-math needed), nothing on the device.
+#if defined(_OPENMP) && !defined(__CUDA_ARCH__)
+#define DMDL_SIMD_MAX_MX _Pragma("omp simd reduction(max : mx)")
+#define DMDL_SIMD_SUM_SUM_ES _Pragma("omp simd reduction(+ : sum, es)")
+#define DMDL_SIMD_SUM_ACC _Pragma("omp simd reduction(+ : acc)")
+#define DMDL_SIMD _Pragma("omp simd")
+#else
+#define DMDL_SIMD_MAX_MX
+#define DMDL_SIMD_SUM_SUM_ES
+#define DMDL_SIMD_SUM_ACC
+#define DMDL_SIMD
 #endif
 
 namespace dmdl {
@@ -29,89 +47,92 @@ namespace memory {
 constexpr double kNormEps = 1e-12;  // F.normalize's default eps
 
 template <typename A>
-DMDL_HOST_DEVICE inline A max_(A a, A b) { return a > b ? a : b; }
+DMDL_HOST_DEVICE DMDL_INLINE A max_(A a, A b) { return a > b ? a : b; }
 
 // exp / log / sqrt in the precision of the argument, on the host and the device.
-DMDL_HOST_DEVICE inline float exp_(float v) { return expf(v); }
-DMDL_HOST_DEVICE inline double exp_(double v) { return exp(v); }
-DMDL_HOST_DEVICE inline float log_(float v) { return logf(v); }
-DMDL_HOST_DEVICE inline double log_(double v) { return log(v); }
-DMDL_HOST_DEVICE inline float sqrt_(float v) { return sqrtf(v); }
-DMDL_HOST_DEVICE inline double sqrt_(double v) { return sqrt(v); }
+DMDL_HOST_DEVICE DMDL_INLINE float exp_(float v) { return expf(v); }
+DMDL_HOST_DEVICE DMDL_INLINE double exp_(double v) { return exp(v); }
+DMDL_HOST_DEVICE DMDL_INLINE float log_(float v) { return logf(v); }
+DMDL_HOST_DEVICE DMDL_INLINE double log_(double v) { return log(v); }
+DMDL_HOST_DEVICE DMDL_INLINE float sqrt_(float v) { return sqrtf(v); }
+DMDL_HOST_DEVICE DMDL_INLINE double sqrt_(double v) { return sqrt(v); }
 
 // ||x|| of a row of length d, accumulated in A.
 template <typename T, typename A>
-DMDL_HOST_DEVICE inline A row_norm(const T* x, int64_t d) {
-  A s = A(0);
-  for (int64_t t = 0; t < d; ++t) s += static_cast<A>(x[t]) * static_cast<A>(x[t]);
-  return sqrt_(s);
+DMDL_HOST_DEVICE DMDL_INLINE A row_norm(const T* x, int64_t d) {
+  A acc = A(0);
+  DMDL_SIMD_SUM_ACC
+  for (int64_t t = 0; t < d; ++t) acc += static_cast<A>(x[t]) * static_cast<A>(x[t]);
+  return sqrt_(acc);
 }
 
-// x_hat . m for x_hat = x / xn (xn = max(||x||, eps)), accumulated in A.
+// x . m / xn (the cosine of x and the row m when xn = max(||x||, eps) and m is unit), in A.
 template <typename T, typename A>
-DMDL_HOST_DEVICE inline A normalized_dot(const T* x, A xn, const T* m, int64_t d) {
-  A s = A(0);
-  for (int64_t t = 0; t < d; ++t) s += static_cast<A>(x[t]) * static_cast<A>(m[t]);
-  return s / xn;
+DMDL_HOST_DEVICE DMDL_INLINE A normalized_dot(const T* x, A xn, const T* m, int64_t d) {
+  A acc = A(0);
+  DMDL_SIMD_SUM_ACC
+  for (int64_t t = 0; t < d; ++t) acc += static_cast<A>(x[t]) * static_cast<A>(m[t]);
+  return acc / xn;
 }
 
 // One sequential momentum step on memory row m (length d), in place:
-//   v = mu * m + (1 - mu) * (x / xn);   m = v / max(||v||, eps)
-// with xn = max(||x||, eps). The products and the sum are rounded to T as the PyTorch
-// reference computes them (x_hat in T, mu * m in T, ...); the norm is accumulated in A.
-// mu >= 1: no change (the reference skips such samples).
+//   v = mu * m + ((1 - mu) / xn) * x;   m = v * (1 / max(||v||, eps))
+// with xn = max(||x||, eps), i.e. m <- normalize(mu m + (1 - mu) normalize(x)). Elementwise in T
+// (the reference divides by the norms; here multiplies by reciprocals: <= 1 ulp apart), the
+// norm accumulated in A. mu >= 1 (or NaN): no change (the reference skips such samples).
 template <typename T, typename A>
-DMDL_HOST_DEVICE inline void momentum_step(T* m, const T* x, A xn, A mu, int64_t d) {
+DMDL_HOST_DEVICE DMDL_INLINE void momentum_step(T* m, const T* x, A xn, A mu, int64_t d) {
   if (!(mu < A(1))) return;
   const T a = static_cast<T>(mu);
-  const T b = static_cast<T>(A(1) - mu);
-  const T xs = static_cast<T>(xn);
-  A s = A(0);
+  const T b = static_cast<T>((A(1) - mu) / xn);
+  A acc = A(0);
+  DMDL_SIMD_SUM_ACC
   for (int64_t t = 0; t < d; ++t) {
-    const T xh = x[t] / xs;
-    const T v = a * m[t] + b * xh;
+    const T v = a * m[t] + b * x[t];
     m[t] = v;
-    s += static_cast<A>(v) * static_cast<A>(v);
+    acc += static_cast<A>(v) * static_cast<A>(v);
   }
-  const T nv = static_cast<T>(max_(sqrt_(s), static_cast<A>(kNormEps)));
-  for (int64_t t = 0; t < d; ++t) m[t] = m[t] / nv;
+  const T inv = static_cast<T>(A(1) / max_(sqrt_(acc), static_cast<A>(kNormEps)));
+  DMDL_SIMD
+  for (int64_t t = 0; t < d; ++t) m[t] = m[t] * inv;
 }
 
-// All updates of one memory row. The samples that hit this row are
-// order[0:n] (indices into the batch, ascending = batch order); x: [B, d] features,
-// xnorm[B] = max(||x_i||, eps), mu[B] per-sample momentum.
+// All updates of one memory row. The samples that hit this row are order[0:n] (indices
+// into the batch, ascending = batch order); x: [B, d] features, mu[B] per-sample momentum.
 //   hard == false: one momentum_step per sample, in batch order (the reference's loop).
 //   hard == true:  one momentum_step with the sample of LOWEST cosine similarity to the
 //                  current row (first one on ties, as np.argmin), with its own momentum.
 template <typename T, typename A>
-DMDL_HOST_DEVICE inline void update_row(T* m, const T* x, int64_t d, const A* xnorm, const A* mu,
-                                        const int64_t* order, int64_t n, bool hard) {
+DMDL_HOST_DEVICE DMDL_INLINE void update_row(T* m, const T* x, int64_t d, const A* mu, const int64_t* order,
+                                             int64_t n, bool hard) {
   if (n <= 0) return;
   if (!hard) {
     for (int64_t q = 0; q < n; ++q) {
-      const int64_t i = order[q];
-      momentum_step<T, A>(m, x + i * d, xnorm[i], mu[i], d);
+      const T* xi = x + order[q] * d;
+      momentum_step<T, A>(m, xi, max_(row_norm<T, A>(xi, d), static_cast<A>(kNormEps)), mu[order[q]], d);
     }
     return;
   }
-  int64_t best = order[0];
-  A best_sim = normalized_dot<T, A>(x + best * d, xnorm[best], m, d);
-  for (int64_t q = 1; q < n; ++q) {
-    const int64_t i = order[q];
-    const A sim = normalized_dot<T, A>(x + i * d, xnorm[i], m, d);
-    if (sim < best_sim) {
+  int64_t best = -1;
+  A best_sim = A(0), best_norm = A(1);
+  for (int64_t q = 0; q < n; ++q) {
+    const T* xi = x + order[q] * d;
+    const A xn = max_(row_norm<T, A>(xi, d), static_cast<A>(kNormEps));
+    const A sim = normalized_dot<T, A>(xi, xn, m, d);
+    if (best < 0 || sim < best_sim) {
+      best = order[q];
       best_sim = sim;
-      best = i;
+      best_norm = xn;
     }
   }
-  momentum_step<T, A>(m, x + best * d, xnorm[best], mu[best], d);
+  momentum_step<T, A>(m, x + best * d, best_norm, mu[best], d);
 }
 
 // exp(v) for float in plain arithmetic (Cephes expf: v = n ln2 + r, |r| <= ln2 / 2, degree-6
 // polynomial, 2^n from the exponent bits) and without branches, so that a loop of it
 // vectorises. Relative error <= 1e-7 against exp over [-87, 0]; arguments below -87 are
 // clamped to -87 (result 1.6e-38 instead of a smaller number or 0). Use for arguments <= 88.
-DMDL_HOST_DEVICE inline float exp_poly(float v) {
+DMDL_HOST_DEVICE DMDL_INLINE float exp_poly(float v) {
   const float x = v > -87.0f ? v : -87.0f;
   const float shifter = 12582912.0f;  // 1.5 * 2^23: (t + shifter) - shifter rounds t to an integer
   const float n = (x * 1.44269504088896341f + shifter) - shifter;
@@ -132,22 +153,11 @@ DMDL_HOST_DEVICE inline float exp_poly(float v) {
 // The exponentials of softmax_ce_row: libm (exact) or exp_poly (vectorisable, float).
 struct ExpLibm {
   template <typename T>
-  DMDL_HOST_DEVICE T operator()(T v) const { return exp_(v); }
+  DMDL_HOST_DEVICE DMDL_INLINE T operator()(T v) const { return exp_(v); }
 };
 struct ExpPoly {
-  DMDL_HOST_DEVICE float operator()(float v) const { return exp_poly(v); }
+  DMDL_HOST_DEVICE DMDL_INLINE float operator()(float v) const { return exp_poly(v); }
 };
-
-// Loop pragmas: OpenMP SIMD reductions on the host (no -ffast-math needed), nothing on the device.
-#if defined(_OPENMP) && !defined(__CUDA_ARCH__)
-#define DMDL_SIMD_MAX_MX _Pragma("omp simd reduction(max : mx)")
-#define DMDL_SIMD_SUM_SUM_ES _Pragma("omp simd reduction(+ : sum, es)")
-#define DMDL_SIMD _Pragma("omp simd")
-#else
-#define DMDL_SIMD_MAX_MX
-#define DMDL_SIMD_SUM_SUM_ES
-#define DMDL_SIMD
-#endif
 
 // Fused softmax cross-entropy of one row and its gradient with respect to the logits.
 //
@@ -164,7 +174,7 @@ struct ExpPoly {
 // Soft targets add one pass (sums of t_j and t_j s_j in A). Sums over the row run in T
 // (SIMD lanes), the rest in A.
 template <typename T, typename A, typename Exp>
-DMDL_HOST_DEVICE inline void softmax_ce_row(T* s, int64_t k, A c, int64_t label, const T* t, A gscale, A* loss,
+DMDL_HOST_DEVICE DMDL_INLINE void softmax_ce_row(T* s, int64_t k, A c, int64_t label, const T* t, A gscale, A* loss,
                                             A* r, Exp expf_) {
   const T cs = static_cast<T>(c);
   T mx = s[0] * cs;
@@ -217,28 +227,26 @@ DMDL_HOST_DEVICE inline void softmax_ce_row(T* s, int64_t k, A c, int64_t label,
 // AVX2 when the caller is compiled for it, two SSE halves otherwise): the same passes and
 // formulas, exp by exp_poly. The compilers do not vectorise the scalar loops reliably
 // (exp_poly's clamp becomes a branch), hence the explicit vectors.
-// always_inline: the helpers must be compiled into the (AVX2-targeted) caller.
-#define DMDL_SIMD_INLINE inline __attribute__((always_inline))
 namespace simd {
 typedef float f8 __attribute__((vector_size(32)));
 typedef int32_t i8 __attribute__((vector_size(32)));
 
-DMDL_SIMD_INLINE f8 load(const float* p) {
+DMDL_INLINE f8 load(const float* p) {
   f8 v;
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
 }
-DMDL_SIMD_INLINE void store(float* p, f8 v) { __builtin_memcpy(p, &v, sizeof(v)); }
-DMDL_SIMD_INLINE f8 splat(float v) { return f8{v, v, v, v, v, v, v, v}; }
-DMDL_SIMD_INLINE float hsum(f8 v) {
+DMDL_INLINE void store(float* p, f8 v) { __builtin_memcpy(p, &v, sizeof(v)); }
+DMDL_INLINE f8 splat(float v) { return f8{v, v, v, v, v, v, v, v}; }
+DMDL_INLINE float hsum(f8 v) {
   return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
-DMDL_SIMD_INLINE float hmax(f8 v) {
+DMDL_INLINE float hmax(f8 v) {
   float m = v[0];
   for (int l = 1; l < 8; ++l) m = v[l] > m ? v[l] : m;
   return m;
 }
-DMDL_SIMD_INLINE f8 exp_poly(f8 v) {
+DMDL_INLINE f8 exp_poly(f8 v) {
   const f8 lo = splat(-87.0f);
   const f8 x = v > lo ? v : lo;
   const f8 shifter = splat(12582912.0f);
@@ -256,7 +264,7 @@ DMDL_SIMD_INLINE f8 exp_poly(f8 v) {
 }
 }  // namespace simd
 
-DMDL_SIMD_INLINE void softmax_ce_row_simd(float* s, int64_t k, double c, int64_t label, const float* t, double gscale,
+DMDL_INLINE void softmax_ce_row_simd(float* s, int64_t k, double c, int64_t label, const float* t, double gscale,
                                 double* loss, double* r) {
   using simd::f8;
   const float cs = static_cast<float>(c);
