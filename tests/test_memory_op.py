@@ -146,6 +146,23 @@ def test_gradient_flows_to_features_only_and_uses_memory_at_call_time():
     np.testing.assert_allclose(xr.grad.double().numpy(), want_grad.numpy(), atol=1e-6, rtol=1e-4)
 
 
+def test_backward_with_retain_graph_and_summed_losses():
+    x, mem, _ = make(6, 5, 8, seed=27)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    _, want = ce_reference(x, mem, y)
+    xr = x.clone().requires_grad_(True)
+    loss = memory_loss(xr, mem, y, T)
+    loss.backward(retain_graph=True)
+    loss.backward(retain_graph=True)  # the saved gradient is not consumed by the first call
+    loss.backward()
+    np.testing.assert_allclose(xr.grad.double().numpy(), 3 * want.numpy(), atol=1e-6, rtol=1e-4)
+    xr.grad = None
+    other = memory_loss(xr, mem, y.flip(0), T)
+    (memory_loss(xr, mem, y, T) + other).backward()
+    _, want_other = ce_reference(x, mem, y.flip(0))
+    np.testing.assert_allclose(xr.grad.double().numpy(), (want + want_other).numpy(), atol=1e-6, rtol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["hard", "soft"])
 def test_gradcheck_float64(kind):
     x, mem, soft = make(5, 4, 6, seed=5, dtype=torch.float64, scale=1.0)
@@ -159,7 +176,8 @@ def test_gradcheck_float64(kind):
 def test_opcheck_registered_ops():
     x, mem, soft = make(6, 5, 8, seed=6, dtype=torch.float64)
     y = torch.tensor([0, 4, 4, 1, 2, 0])
-    for args in [(x.requires_grad_(True), mem, y, 0.05), (x, mem, soft, 0.1), (x.detach().float(), mem.float(), y, 0.05)]:
+    x.requires_grad_(True)
+    for args in [(x, mem, y, 0.05), (x, mem, soft, 0.1), (x.detach().float(), mem.float(), y, 0.05)]:
         torch.library.opcheck(torch.ops.dmdl.memory_loss_forward.default, args)
     xf, memf = x.detach().float(), mem.float()
     mu64 = torch.tensor(0.2, dtype=torch.float64)
