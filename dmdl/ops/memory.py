@@ -349,7 +349,8 @@ def _check_ref_update_args(memory: Tensor, features: Tensor, targets: Tensor, ro
             raise ValueError("targets must be >= 0")
         return
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= memory.shape[0]):
-        raise ValueError(f"targets must lie in [0, {memory.shape[0]}); got [{int(targets.min())}, {int(targets.max())}]")
+        raise ValueError(f"targets must lie in [0, {memory.shape[0]}); "
+                         f"got [{int(targets.min())}, {int(targets.max())}]")
 
 
 def cluster_centroids(features: Tensor, labels: Tensor, num_clusters: int | None = None) -> Tensor:
