@@ -43,24 +43,23 @@ struct RowArgs {
 };
 
 // Row function of the fused pass: the generic one of dmdl/memory.h (libm exp) or its vectorised
-// float version. Always inlined: compiled into the caller, whose target may be AVX2.
-#define DMDL_ALWAYS_INLINE inline __attribute__((always_inline))
+// float version. DMDL_INLINE forces inlining: compiled into the caller, whose target may be AVX2.
 struct RowGeneric {
   template <typename T>
-  DMDL_ALWAYS_INLINE void operator()(T* s, int64_t k, double c, int64_t label, const T* t, double gscale,
+  DMDL_INLINE void operator()(T* s, int64_t k, double c, int64_t label, const T* t, double gscale,
                                      double* loss, double* r) const {
     softmax_ce_row<T, double>(s, k, c, label, t, gscale, loss, r, ExpLibm());
   }
 };
 struct RowSimd {
-  DMDL_ALWAYS_INLINE void operator()(float* s, int64_t k, double c, int64_t label, const float* t, double gscale,
+  DMDL_INLINE void operator()(float* s, int64_t k, double c, int64_t label, const float* t, double gscale,
                                      double* loss, double* r) const {
     softmax_ce_row_simd(s, k, c, label, t, gscale, loss, r);
   }
 };
 
 template <typename T, typename Row>
-DMDL_ALWAYS_INLINE void loss_rows_impl(const RowArgs<T>& a, int64_t i0, int64_t i1, Row row) {
+DMDL_INLINE void loss_rows_impl(const RowArgs<T>& a, int64_t i0, int64_t i1, Row row) {
   for (int64_t i = i0; i < i1; ++i) {
     const double xn = row_norm<T, double>(a.x + i * a.d, a.d);
     const double inv = 1.0 / max_(xn, kNormEps);
@@ -115,7 +114,7 @@ struct UpdateArgs {
 };
 
 template <typename T>
-DMDL_ALWAYS_INLINE void update_rows_impl(const UpdateArgs<T>& a, int64_t q0, int64_t q1) {
+DMDL_INLINE void update_rows_impl(const UpdateArgs<T>& a, int64_t q0, int64_t q1) {
   for (int64_t q = q0; q < q1; ++q) {
     const int64_t r = a.distinct[q];
     update_row<T, double>(a.m + r * a.d, a.x, a.d, a.mu, a.order + a.start[r], a.start[r + 1] - a.start[r], a.hard);
