@@ -41,7 +41,7 @@ MOMENTUM = 0.2
 B = 256
 SHAPES = [(B, 500, 2048), (B, 1000, 2048), (B, 500, 1280), (B, 1000, 1280)]
 VARIANTS = ["loop", "vectorised", "compiled", "ours", "gemms"]
-ROUNDS = 10
+ROUNDS = 15
 
 
 # ------------------------------------------------------------------------------ the reference loop
