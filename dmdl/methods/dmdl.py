@@ -35,9 +35,9 @@ Losses of a step (§A4.4, §A5.5, §A8), with f^c the BN-neck features of modali
 
 Every memory loss and update runs :func:`dmdl.ops.memory_loss` / :func:`dmdl.ops.momentum_update_`
 (through :class:`dmdl.memories.CrossModalMemory`); CAI needs raw logits and keeps its own
-matmuls (:func:`dmdl.losses.cai_loss`). Memory updates follow :mod:`dmdl.memories`; the shared memory takes DMDL's
-adaptive momentum ``eta_x = 0.2 / max(ỹ_x[y_x], 0.2)`` (paper Eqs. 12-13; the
-reference applies it in the forward pass, after the predictions it feeds are
+matmuls (:func:`dmdl.losses.cai_loss`). Memory updates follow :mod:`dmdl.memories`; the
+shared memory takes DMDL's adaptive momentum ``eta_x = 0.2 / max(ỹ_x[y_x], 0.2)`` (paper
+Eqs. 12-13; the reference applies it in the forward pass, after the predictions it feeds are
 taken; here after ``backward()``, with the same effect on every loss).
 """
 
