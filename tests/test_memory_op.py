@@ -369,6 +369,22 @@ def triton_kernels():
     if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
         pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1")
     pytest.importorskip("triton")
+    import importlib.util
+    import pathlib
+    import sys
+
+    import dmdl
+    import dmdl.kernels
+
+    source = pathlib.Path(dmdl.__file__).resolve().parents[1] / "kernels"
+    if pathlib.Path(dmdl.kernels.__file__).resolve().parent != source and (source / "memory.py").is_file():
+        # dmdl.kernels resolves to another checkout (e.g. its editable install shadows this source
+        # tree on PYTHONPATH): test this tree's kernels/memory.py, the file dmdl.kernels.memory installs.
+        spec = importlib.util.spec_from_file_location("dmdl.kernels.memory", source / "memory.py")
+        km = importlib.util.module_from_spec(spec)
+        sys.modules["dmdl.kernels.memory"] = km
+        spec.loader.exec_module(km)
+        return km
     from dmdl.kernels import memory as km
 
     return km
