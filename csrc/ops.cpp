@@ -18,6 +18,14 @@ TORCH_LIBRARY(dmdl, m) {
   // k-reciprocal Jaccard distance (Zhong et al. 2017; algorithm.md §A9) from neighbour lists
   // rank int32 [N, k1]: CSR (crow int64 [N+1], col int32 [nnz], val float32 [nnz]) of d < 1.
   m.def("jaccard_sparse(Tensor features, Tensor rank, int k2) -> (Tensor, Tensor, Tensor)");
+  // Cluster-memory step (Cluster-Contrast, ACCV 2022; algorithm.md §A4.1, §A5.5; dmdl/ops/memory.py).
+  // memory_loss_forward: mean CE of normalize(features) @ memory^T / temperature against int64
+  // labels [B] or soft targets [B, K], and its gradient with respect to features [B, D].
+  m.def("memory_loss_forward(Tensor features, Tensor memory, Tensor targets, float temperature) -> (Tensor loss, Tensor grad_features)");
+  // momentum_update_: in place, per sample in batch order, m_r <- normalize(mu m_r + (1 - mu) normalize(x));
+  // momentum: scalar or [B]; row_ids [K]: the label each row holds (None: row = label); hard: one
+  // update per row with its least similar sample.
+  m.def("momentum_update_(Tensor(a!) memory, Tensor features, Tensor labels, Tensor momentum, Tensor? row_ids, bool hard) -> ()");
 }
 
 namespace dmdl {

@@ -15,8 +15,13 @@ Labels given to this object are always label-space ids (stage 1: per-modality
 cluster ids; stage 2: unified ids); the row lookup happens here, so the method
 code never handles memory rows.
 
+Losses go through :func:`dmdl.ops.memory_loss` (hard labels: :meth:`CrossModalMemory.loss`;
+soft target rows: :meth:`CrossModalMemory.soft_loss`), updates through
+:func:`dmdl.ops.momentum_update_` (the C++ op on the CPU, Triton kernels on CUDA).
+
 Update order (the reference leaves it to autograd's backward order; we define
-it): losses are computed with the memories as they are at forward time; after
+it): losses are computed with the memories as they are at forward time
+(``memory_loss`` computes its feature gradient then, so later updates cannot change it); after
 ``loss.backward()`` the trainer calls :meth:`CrossModalMemory.update` for each
 (memory, samples) pair in this order:
 
@@ -27,9 +32,9 @@ it): losses are computed with the memories as they are at forward time; after
 4. ``shared`` (when present) <- infrared samples, then visible samples (the reference
    updates it inside each modality's memory forward, infrared first).
 
-Each update is the sequential momentum rule of
-:func:`dmdl.ops.memory.momentum_update_reference`; samples whose label has no
-row in that memory are skipped.
+Each update is the sequential momentum rule of :func:`dmdl.ops.momentum_update_`
+(reference: :func:`dmdl.ops.memory.momentum_update_reference`), samples in batch order;
+samples whose label has no row in that memory are skipped (the memory's ``row_ids`` table).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class CrossModalMemory(nn.Module):
         self.id_to_row = {k: v for k, v in id_to_row.items()}
         self.prior = dict(prior)
         self.num_ids = num_ids
+        self._row_ids: dict[str, Tensor] = {}
 
     @classmethod
     def build(cls, features: Mapping[str, Tensor], labels: Mapping[str, np.ndarray], temperature: float = 0.05,
@@ -120,7 +126,8 @@ class CrossModalMemory(nn.Module):
         return self.memories[name].logits(features)
 
     def loss(self, name: str, features: Tensor, labels: Tensor) -> Tensor:
-        """Contrastive (cross-entropy) loss of features against memory ``name`` (§A4.4, §A5.5).
+        """Contrastive (cross-entropy) loss of features against memory ``name`` (§A4.4, §A5.5),
+        by :func:`dmdl.ops.memory_loss` (the gradient flows to ``features`` only).
 
         Args:
             features: (B, D) raw features (normalised inside).
@@ -134,18 +141,38 @@ class CrossModalMemory(nn.Module):
             raise ValueError(f"memory {name!r} has no row for some labels; use the anchor or shared memory")
         return self.memories[name](features, rows)
 
+    def soft_loss(self, name: str, features: Tensor, targets: Tensor) -> Tensor:
+        """Soft-target cross-entropy ``mean_i(-sum_k t_ik log softmax(f̂_i M^T / T)_k)`` against memory
+        ``name`` (§A4.4 ``CE_soft``; equal to ``soft_cross_entropy(self.logits(name, f), t)``), by
+        :func:`dmdl.ops.memory_loss`.
+
+        Args:
+            features: (B, D) raw features (normalised inside).
+            targets: (B, K_name) soft targets over the rows of memory ``name`` (rows summing to 1,
+                not renormalised; detached).
+        """
+        return self.memories[name](features, targets)
+
     def row_ids(self, name: str) -> Tensor:
-        """(K_name,) int64: the label-space id each row of memory ``name`` stands for."""
-        return torch.nonzero(self.id_to_row[name] >= 0).flatten()
+        """(K_name,) int64: the label-space id each row of memory ``name`` stands for (cached)."""
+        if name not in self._row_ids:
+            lut = self.id_to_row[name]
+            ids = torch.nonzero(lut >= 0).flatten()
+            table = torch.empty_like(ids)
+            table[lut[ids]] = ids
+            self._row_ids[name] = table
+        return self._row_ids[name]
 
     @torch.no_grad()
     def update(self, name: str, features: Tensor, labels: Tensor, momentum: Tensor | None = None) -> None:
         """Momentum update of memory ``name``, samples in batch order; labels without a row skipped.
 
-        ``momentum``: None (the memory's own) or a (B,) per-sample tensor (adaptive eta_x).
+        Runs :func:`dmdl.ops.momentum_update_` with the memory's ``row_ids``. ``momentum``: None
+        (the memory's own) or a (B,) per-sample tensor (adaptive eta_x).
+
+        Raises:
+            ValueError: a label outside [0, K) of the label space.
         """
-        rows = self.rows(name, labels)
-        keep = rows >= 0
-        if keep.any():
-            mu = None if momentum is None else momentum[keep]
-            self.memories[name].update(features.detach()[keep], rows[keep], mu)
+        self.rows(name, labels)  # range check of the label-space ids
+        self.memories[name].update(features.detach(), labels.to(self.id_to_row[name].device), momentum,
+                                   row_ids=self.row_ids(name))

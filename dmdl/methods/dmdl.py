@@ -33,9 +33,11 @@ Losses of a step (§A4.4, §A5.5, §A8), with f^c the BN-neck features of modali
   ``Tri([f^V; f^I])``; ``lambda_fa [MMD(f^V_o, f^V_a) + MMD(f^I_o, f^I_a)]``
   (``cbt_feature``).
 
-Memory updates follow :mod:`dmdl.memories`; the shared memory takes DMDL's
-adaptive momentum ``eta_x = 0.2 / max(ỹ_x[y_x], 0.2)`` (paper Eqs. 12-13; the
-reference applies it in the forward pass, after the predictions it feeds are
+Every memory loss and update runs :func:`dmdl.ops.memory_loss` / :func:`dmdl.ops.momentum_update_`
+(through :class:`dmdl.memories.CrossModalMemory`); CAI needs raw logits and keeps its own
+matmuls (:func:`dmdl.losses.cai_loss`). Memory updates follow :mod:`dmdl.memories`; the
+shared memory takes DMDL's adaptive momentum ``eta_x = 0.2 / max(ỹ_x[y_x], 0.2)`` (paper
+Eqs. 12-13; the reference applies it in the forward pass, after the predictions it feeds are
 taken; here after ``backward()``, with the same effect on every loss).
 """
 
@@ -51,8 +53,7 @@ from tqdm import tqdm
 
 from dmdl.config import parse_schedule
 from dmdl.data.sampler import shared_identity_order
-from dmdl.losses import (cai_loss, mmd_loss, refined_targets, soft_cross_entropy, topk_prediction, triplet_loss,
-                         triplet_weight)
+from dmdl.losses import cai_loss, mmd_loss, refined_targets, topk_prediction, triplet_loss, triplet_weight
 from dmdl.memories import MODALITIES, CrossModalMemory
 from dmdl.models.ghost_bn import dataparallel_order
 from dmdl.pseudo_labels import associate, certainty, cluster_features, nearest_sample_matching
@@ -287,10 +288,13 @@ class DMDL:
 
         if plan.stage == 1:
             for m in MODALITIES:
-                rows = mem.rows(m, y[m])
-                k_m = mem.memories[m].num_clusters
-                t = self._targets(plan, m, f[m], rows, w[m], k_m, cfg.topk_stage1)
-                parts["loss_id"] = parts["loss_id"] + soft_cross_entropy(mem.logits(m, f[m]), t)
+                if plan.refine:  # CE_soft against the refined targets (§A4.3-§A4.4)
+                    rows = mem.rows(m, y[m])
+                    k_m = mem.memories[m].num_clusters
+                    t = self._targets(plan, m, f[m], rows, w[m], k_m, cfg.topk_stage1)
+                    parts["loss_id"] = parts["loss_id"] + mem.soft_loss(m, f[m], t)
+                else:  # one-hot targets: the same loss by the hard-label path
+                    parts["loss_id"] = parts["loss_id"] + mem.loss(m, f[m], y[m])
         else:
             for m in MODALITIES:
                 parts["loss_id"] = parts["loss_id"] + mem.loss(m, f[m], y[m])
