@@ -31,19 +31,33 @@ def test_build_info_is_sane():
         assert info["cuda_version"] is None
 
 
-def test_schema_registered_once():
-    op = torch.ops.dmdl.jaccard_distance.default
-    assert str(op._schema) == "dmdl::jaccard_distance(Tensor features, int k1, int k2) -> Tensor"
+SCHEMAS = {
+    "knn": "dmdl::knn(Tensor features, int k, str precision, int margin) -> (Tensor, Tensor)",
+    "knn_refine": "dmdl::knn_refine(Tensor features, Tensor candidates, Tensor approx, int k, str precision) "
+                  "-> (Tensor, Tensor)",
+    "jaccard_sparse": "dmdl::jaccard_sparse(Tensor features, Tensor rank, int k2) -> (Tensor, Tensor, Tensor)",
+    "memory_loss_forward": "dmdl::memory_loss_forward(Tensor features, Tensor memory, Tensor targets, "
+                           "float temperature) -> (Tensor loss, Tensor grad_features)",
+    "momentum_update_": "dmdl::momentum_update_(Tensor(a!) memory, Tensor features, Tensor labels, "
+                        "Tensor momentum, Tensor? row_ids, bool hard) -> ()",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_schema_registered_once(name):
+    assert str(getattr(torch.ops.dmdl, name).default._schema) == SCHEMAS[name]
 
 
 def test_kernels_registered_match_build():
     from dmdl import _C
 
-    assert _has_kernel("dmdl::jaccard_distance", "CPU")
-    assert _has_kernel("dmdl::jaccard_distance", "CUDA") is _C.cuda_compiled()
+    for name in SCHEMAS:
+        assert _has_kernel(f"dmdl::{name}", "CPU"), name
+    for name in ("knn", "jaccard_sparse"):  # C++ CUDA kernels (csrc/cuda)
+        assert _has_kernel(f"dmdl::{name}", "CUDA") is _C.cuda_compiled(), name
     # register_fake provides the Meta / fake-tensor kernel.
-    out = torch.ops.dmdl.jaccard_distance(torch.empty(7, 3, device="meta"), 3, 2)
-    assert out.shape == (7, 7) and out.device.type == "meta"
+    rank, stats = torch.ops.dmdl.knn(torch.empty(7, 3, device="meta"), 3, "fp32", 2)
+    assert rank.shape == (7, 3) and rank.dtype == torch.int32 and rank.device.type == "meta"
 
 
 def test_cuda_build_matches_torch():
