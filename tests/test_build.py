@@ -31,19 +31,32 @@ def test_build_info_is_sane():
         assert info["cuda_version"] is None
 
 
-def test_schema_registered_once():
-    op = torch.ops.dmdl.jaccard_distance.default
-    assert str(op._schema) == "dmdl::jaccard_distance(Tensor features, int k1, int k2) -> Tensor"
+SCHEMAS = {
+    "knn": "dmdl::knn(Tensor features, int k, str precision, int margin) -> (Tensor, Tensor)",
+    "knn_refine": "dmdl::knn_refine(Tensor features, Tensor candidates, Tensor approx, int k, str precision) "
+    "-> (Tensor, Tensor)",
+    "jaccard_sparse": "dmdl::jaccard_sparse(Tensor features, Tensor rank, int k2) -> (Tensor, Tensor, Tensor)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_schema_registered_once(name):
+    assert str(getattr(torch.ops.dmdl, name).default._schema) == SCHEMAS[name]
 
 
 def test_kernels_registered_match_build():
     from dmdl import _C
 
-    assert _has_kernel("dmdl::jaccard_distance", "CPU")
-    assert _has_kernel("dmdl::jaccard_distance", "CUDA") is _C.cuda_compiled()
-    # register_fake provides the Meta / fake-tensor kernel.
-    out = torch.ops.dmdl.jaccard_distance(torch.empty(7, 3, device="meta"), 3, 2)
-    assert out.shape == (7, 7) and out.device.type == "meta"
+    for name in SCHEMAS:
+        assert _has_kernel(f"dmdl::{name}", "CPU"), name
+    # knn_refine (the faiss path) runs on the CPU only.
+    assert _has_kernel("dmdl::knn", "CUDA") is _C.cuda_compiled()
+    assert _has_kernel("dmdl::jaccard_sparse", "CUDA") is _C.cuda_compiled()
+    assert not _has_kernel("dmdl::knn_refine", "CUDA")
+    # register_fake provides the Meta / fake-tensor kernels.
+    rank, stats = torch.ops.dmdl.knn(torch.empty(7, 3, device="meta"), 3, "fp32", 8)
+    assert rank.shape == (7, 3) and rank.dtype == torch.int32 and rank.device.type == "meta"
+    assert stats.shape == (2,) and stats.dtype == torch.int64
 
 
 def test_cuda_build_matches_torch():
