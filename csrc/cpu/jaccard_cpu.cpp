@@ -151,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> jaccard_sparse_cpu(const at::Tens
             bits &= bits - 1;
             const float dist = jaccard_from_overlap(acc[j]);
             acc[j] = 0.f;
-            if (dist < 1.f) {
+            if (stored_distance(dist)) {
               oc.push_back(j);
               ov.push_back(dist);
               ++kept;

@@ -202,17 +202,12 @@ void check_finite(const at::Tensor& features, const std::vector<double>& sqd, co
   }
 }
 
-void check_k(int64_t k, int64_t margin, int64_t n, const char* op) {
-  TORCH_CHECK(k >= 1 && k <= n, op, ": `k` must be in [1, N] = [1, ", n, "], got ", k);
-  TORCH_CHECK(margin >= 0, op, ": `margin` must be >= 0, got ", margin);
-}
-
 // Returns (rank int32 [N, k], stats int64 [2] = rows redone by a fp32 pass, rows redone canonically).
 std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& features, int64_t k, std::string precision,
                                            int64_t margin) {
   host::check_features(features, kOpKnn, c10::DeviceType::CPU);
   const int64_t n = features.size(0), d = features.size(1);
-  check_k(k, margin, n, kOpKnn);
+  host::check_k(k, margin, n, kOpKnn);
   const int prec = host::parse_precision(precision, kOpKnn);
   TORCH_CHECK(prec != kTF32, kOpKnn, ": precision 'tf32' exists on CUDA only");
   const int kc = static_cast<int>(std::min<int64_t>(n, k + margin));

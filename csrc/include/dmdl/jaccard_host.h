@@ -42,6 +42,12 @@ inline void check_rank(const at::Tensor& rank, const at::Tensor& features, const
               rank.size(1));
 }
 
+// k in [1, N] and margin >= 0 (dmdl::knn on every backend).
+inline void check_k(int64_t k, int64_t margin, int64_t n, const char* op) {
+  TORCH_CHECK(k >= 1 && k <= n, op, ": `k` must be in [1, N] = [1, ", n, "], got ", k);
+  TORCH_CHECK(margin >= 0, op, ": `margin` must be >= 0, got ", margin);
+}
+
 inline int parse_precision(const std::string& p, const char* op) {
   if (p == "fp32") return knn::kFP32;
   if (p == "tf32") return knn::kTF32;

@@ -14,8 +14,13 @@
 //      redone (a wider fp32 pass, then a canonical scan of every column).
 // Every path therefore returns the same neighbour lists: the k smallest (c_ij, j).
 //
-// Per-row building blocks shared by the CPU kernel (csrc/cpu/jaccard_cpu.cpp) and the CUDA
-// kernel (csrc/cuda/jaccard_cuda.cu); plain C++ on raw pointers, host and device.
+// On CUDA, "fp32" candidates come from at::mm in float32, which cuBLAS may run on TF32 tensor
+// cores depending on the user's global settings (never read or changed here): they are certified
+// with the kTF32 bound, which holds for both.
+//
+// Per-row building blocks shared by the CPU kernel (csrc/cpu/knn_cpu.cpp) and the CUDA
+// kernel (csrc/cuda/knn_cuda.cu: a warp per row, lanes strided over D in dot_partial_d);
+// plain C++ on raw pointers, host and device.
 #pragma once
 
 #include <math.h>
@@ -120,14 +125,16 @@ DMDL_HOST_DEVICE inline double canonical(double sqj, double dot) { return sqj - 
 // Terms: float32 accumulation of |x_j|^2 (gamma_d |x_j|^2), the GEMM's error on x_i.x_j
 // (e_P |x_i| |x_j|, doubled), the float32 subtraction (u |a|), with a 25% safety factor and
 // an absolute floor for the double rounding of c.
+// kTF32 assumes the worst tensor-core behaviour: inputs truncated (not rounded) to TF32's 11
+// significant bits (2^-10) and an accumulation that may truncate too (2 gamma).
 DMDL_HOST_DEVICE inline double knn_delta(int64_t d, double sqi, double sqmax, int precision) {
   const double u32 = 5.9604644775390625e-08;  // 2^-24
   const double dd = static_cast<double>(d) + 2.0;
   const double gamma = dd * u32 / (1.0 - dd * u32);
-  double uin = 0.0, uout = 0.0;
-  if (precision == kTF32) uin = 4.8828125e-04;                    // 2^-11
+  double uin = 0.0, uout = 0.0, gacc = gamma;
+  if (precision == kTF32) { uin = 9.765625e-04; gacc = 2.0 * gamma; }  // 2^-10 (truncation)
   if (precision == kBF16) { uin = 3.90625e-03; uout = 3.90625e-03; }  // 2^-8, output rounded to bf16
-  const double e = (2.0 * uin + uin * uin + gamma * (1.0 + uin) * (1.0 + uin)) * (1.0 + uout) + uout;
+  const double e = (2.0 * uin + uin * uin + gacc * (1.0 + uin) * (1.0 + uin)) * (1.0 + uout) + uout;
   const double ri = sqrt(sqi), rmax = sqrt(sqmax);
   const double dotmax = ri * rmax;
   double delta = gamma * sqmax + 2.0 * e * dotmax + 2.0 * u32 * (sqmax + 2.0 * dotmax) * (1.0 + e);

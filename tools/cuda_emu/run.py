@@ -1,0 +1,153 @@
+"""Runs the CUDA kernels of csrc/cuda/*.cu on the CPU, under a small fiber-based emulator of the
+CUDA execution model (emu_cuda.h), and compares them with the CPU kernels. For machines without a
+GPU: it checks the kernels' logic (indexing, warp-uniform control flow, shuffles, ballots, block
+barriers, ordering of the output), not the memory model or the speed.
+
+How: the .cu sources are copied with a few textual rewrites (`k<<<cfg>>>(args)` becomes
+`emu::launch(emu::cfg(cfg), k, args)`, CUDA includes become emu_cuda.h, the ops register as
+`dmdl_emu::*` CPU kernels), compiled with torch.utils.cpp_extension.load, and each block's threads
+run as fibers on one OS thread, switching at every warp intrinsic and barrier (deadlocks abort).
+
+    python tools/cuda_emu/run.py              # quick sweep (~1 min)
+    python tools/cuda_emu/run.py --full       # + larger k1/k2 (~15 min)
+    python tools/cuda_emu/run.py --stress     # tiny tiles / grids / scratch: every fallback path
+    EMU_REVERSE=1 python tools/cuda_emu/run.py   # fibers scheduled in reverse order
+
+Needs the extension built in place (dmdl._C, CPU kernels) and a C++20 compiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import re
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+HERE = pathlib.Path(__file__).resolve().parent
+
+# Constants shrunk by --stress so that every multi-tile / multi-launch / fallback path runs.
+STRESS = {
+    "jaccard_cuda.cu": [("kSharedBitmapWords = 10240;", "kSharedBitmapWords = 2;"),
+                        ("kAccFloats = int64_t{1} << 28;", "kAccFloats = 700;")],
+    "knn_cuda.cu": [("kTileFloats = int64_t{1} << 27;", "kTileFloats = 5000;"),
+                    ("kScanScratchBytes = int64_t{1} << 28;", "kScanScratchBytes = 1;")],
+}
+
+
+def generate(out: pathlib.Path, lib: str, stress: bool) -> list[str]:
+    src = ROOT / "csrc"
+    (out / "dmdl").mkdir(parents=True, exist_ok=True)
+    for h in ("jaccard.h", "knn.h", "jaccard_host.h"):
+        (out / "dmdl" / h).write_text((src / "include/dmdl" / h).read_text())
+    gpu = (src / "include/dmdl/gpu.cuh").read_text().replace("#include <cuda_runtime.h>", '#include "emu_cuda.h"')
+    (out / "dmdl" / "gpu.cuh").write_text(gpu)
+    sources = []
+    for f in ("knn_cuda.cu", "jaccard_cuda.cu"):
+        s = (src / "cuda" / f).read_text()
+        s = re.sub(r"#include <c10/cuda/[^>]+>\n", "", s)
+        s = s.replace("#include <cuda_runtime.h>\n", '#include "emu_cuda.h"\n')
+        s = s.replace("extern __shared__ uint32_t bm_shared[];", "uint32_t* bm_shared = emu::dyn_smem<uint32_t>();")
+        s = re.sub(r"(\w+)<<<(.*?)>>>\(", r"emu::launch(emu::cfg(\2), \1, ", s, flags=re.S)
+        s = s.replace("c10::DeviceType::CUDA", "c10::DeviceType::CPU")
+        s = s.replace("TORCH_LIBRARY_IMPL(dmdl, CUDA, m)", f"TORCH_LIBRARY_IMPL({lib}, CPU, m)")
+        if stress:
+            for old, new in STRESS[f]:
+                if old not in s:
+                    raise SystemExit(f"--stress: `{old}` not found in {f}; update tools/cuda_emu/run.py")
+                s = s.replace(old, new)
+        for bad in ("<<<", "__shared__ uint32_t", "DeviceType::CUDA"):
+            if bad in s:
+                raise SystemExit(f"{f}: `{bad}` left after the rewrite; update tools/cuda_emu/run.py")
+        path = out / f.replace(".cu", ".cpp")
+        path.write_text('#include "emu_cuda.h"\n' + s)
+        sources.append(str(path))
+    defs = out / "defs.cpp"
+    defs.write_text("#include <torch/library.h>\n"
+                    f"TORCH_LIBRARY({lib}, m) {{\n"
+                    '  m.def("knn(Tensor features, int k, str precision, int margin) -> (Tensor, Tensor)");\n'
+                    '  m.def("jaccard_sparse(Tensor features, Tensor rank, int k2) -> (Tensor, Tensor, Tensor)");\n'
+                    "}\n")
+    return [str(defs)] + sources
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--full", action="store_true", help="also the slow cases (large k1 and k2)")
+    ap.add_argument("--stress", action="store_true", help="tiny tiles, grids and scratch buffers")
+    ap.add_argument("--build-dir", default="/tmp/dmdl_cuda_emu")
+    args = ap.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.cpp_extension import load
+
+    sys.path.insert(0, str(ROOT))
+    from dmdl import _C  # noqa: F401  (the real CPU kernels: torch.ops.dmdl.*)
+
+    lib = "dmdl_emu_stress" if args.stress else "dmdl_emu"
+    out = pathlib.Path(args.build_dir) / lib
+    sources = generate(out / "src", lib, args.stress)
+    (out / "build").mkdir(parents=True, exist_ok=True)
+    t = time.time()
+    load(name=lib, sources=sources, extra_include_paths=[str(out / "src"), str(HERE)],
+         extra_cflags=["-O2", "-g0", "-std=c++20"], build_directory=str(out / "build"), is_python_module=False)
+    print(f"emulated kernels built ({time.time() - t:.0f} s); EMU_REVERSE={os.environ.get('EMU_REVERSE', '')!r}")
+    ops = getattr(torch.ops, lib)
+
+    def clustered(n, d, seed, noise=0.6):
+        g = torch.Generator().manual_seed(seed)
+        c = torch.randn(max(2, n // 12), d, generator=g)
+        lab = torch.randint(0, c.shape[0], (n,), generator=g)
+        return F.normalize(c[lab] + noise * torch.randn(n, d, generator=g), dim=1).contiguous()
+
+    def near_ties(n, d, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = clustered(n, d, seed)
+        m = n // 10
+        x[n // 2 : n // 2 + m] = x[:m]
+        x[m : 2 * m] = x[2 * m : 3 * m] + 1e-4 * torch.randn(m, d, generator=g)
+        x[3 * m : 3 * m + 5] = x[3 * m]
+        return F.normalize(x, dim=1).contiguous()
+
+    def identical_block(n, d, seed):  # 50 identical rows: exact ties, empty reciprocal sets
+        return torch.cat([F.normalize(torch.ones(50, d), dim=1), clustered(n - 50, d, seed)]).contiguous()
+
+    failures = 0
+
+    def check(x, name, knn_cases, jaccard_cases):
+        nonlocal failures
+        for k, prec, margin in knn_cases:
+            want = torch.ops.dmdl.knn(x, k, "fp32", 8)[0]
+            got, stats = ops.knn(x, k, prec, margin)
+            ok = torch.equal(got, want)
+            failures += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} knn {name} k={k} {prec} margin={margin} stats={stats.tolist()}", flush=True)
+        for k1, k2 in jaccard_cases:
+            rank = torch.ops.dmdl.knn(x, k1, "fp32", 8)[0]
+            want = torch.ops.dmdl.jaccard_sparse(x, rank, k2)
+            got = ops.jaccard_sparse(x, rank, k2)
+            same = torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+            err = (got[2] - want[2]).abs().max().item() if same and want[2].numel() else 0.0
+            ok = same and err <= 1e-5
+            failures += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} jaccard_sparse {name} k1={k1} k2={k2}: structure equal={same}, "
+                  f"max |diff| {err:.1e}, nnz {want[1].numel()}", flush=True)
+
+    check(clustered(200, 32, 0), "clustered 200x32",
+          [(30, "fp32", 8), (30, "tf32", 8), (30, "bf16", 32), (30, "bf16", 0), (1, "fp32", 0), (5, "bf16", 2)],
+          [(20, 6), (7, 1), (25, 3)])
+    check(near_ties(230, 40, 4), "near-ties 230x40", [(30, "fp32", 0), (40, "tf32", 1)], [(20, 6), (36, 3)])
+    check(identical_block(80, 8, 12), "identical-block 80x8", [(10, "fp32", 8), (10, "bf16", 0), (80, "fp32", 3)],
+          [(10, 4), (10, 1), (80, 6)])
+    if args.full:
+        check(near_ties(230, 24, 4), "near-ties 230x24", [(30, "bf16", 32)], [(30, 6), (40, 40), (64, 35)])
+        check(clustered(333, 100, 5), "clustered 333x100", [(64, "fp32", 8), (70, "bf16", 0)], [(64, 6), (50, 33)])
+    print("all equal" if failures == 0 else f"{failures} FAILED")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
