@@ -223,8 +223,7 @@ def preflight(name: str, root, trial: int = 1, *, images: bool = True, splits: S
     ds = open_dataset(name, root, trial, problems)
     if not any(p.kind == "missing root" for p in problems):
         problems += split_problems(ds, name)
-    _raise(problems, name, root, trial)
-    if images:
+    if images:  # the images that were listed, even when the lists have problems: one report of all
         recs: list[ImageRecord] = []
         if "train" in splits:
             for m in MODALITIES:
@@ -232,10 +231,10 @@ def preflight(name: str, root, trial: int = 1, *, images: bool = True, splits: S
         if "test" in splits:
             recs += ds.test_visible + ds.test_infrared
         t = time.time()
-        bad = scan_images([r.path for r in recs], workers=workers)
+        problems += scan_images([r.path for r in recs], workers=workers)
         if log is not None and time.time() - t > 1.0:
             log(f"checked {len(recs)} images in {time.time() - t:.1f} s")
-        _raise(bad, name, root, trial)
+    _raise(problems, name, root, trial)
     return ds
 
 
