@@ -243,9 +243,9 @@ def _read_yaml(name_or_path: str, _depth: int = 0) -> dict[str, Any]:
             if path.suffix in (".yaml", ".yml"):
                 raise ValueError(f"config file not found: {path}")
             close = difflib.get_close_matches(str(name_or_path), preset_names(), n=3, cutoff=0.6)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ValueError(
-                f"unknown config {name_or_path!r}: not a YAML file and not a preset; {hint}"
+                f"unknown config {name_or_path!r}: not a YAML file and not a preset{hint} "
                 f"(presets: {', '.join(preset_names())})"
             )
         text = res.read_text()

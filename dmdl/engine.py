@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -138,7 +139,7 @@ def load_checkpoint(path, map_location="cpu", need=CHECKPOINT_KEYS) -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError, ...
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}"
                               f"{': ' + text[:200] if text else ''}); was it written by dmdl train, "
                               "and completely?") from None
@@ -267,7 +268,7 @@ class Engine:
                    if k in old and old[k] != v and k not in self._RESUME_FREE]
         if changed:
             print(f"warning: resuming with settings that differ from {path}'s: {'; '.join(changed)}: the result "
-                  "will differ from an uninterrupted run", flush=True)
+                  "will differ from an uninterrupted run", file=sys.stderr, flush=True)
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
@@ -278,7 +279,7 @@ class Engine:
         epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
         self.start = (stage, epoch + 1) if epoch + 1 < epochs else (stage + 1, 0)
         if self.start[0] == stage:
-            self._optim_state = (ckpt["optimizer"], ckpt["scheduler"])
+            self._optim_state = (ckpt["optimizer"], ckpt["scheduler"], float(old.get("lr", cfg.lr)))
         if ckpt.get("scaler") and self.scaler.is_enabled():  # the scaler lives across stages
             self.scaler.load_state_dict(ckpt["scaler"])
         rng = ckpt["rng"]
@@ -290,11 +291,12 @@ class Engine:
         if ckpt.get("workers") not in (None, self.workers):
             print(f"warning: the checkpoint ran with {ckpt['workers']} DataLoader workers, this run has "
                   f"{self.workers}: the augmentations (and the result) will differ from an uninterrupted run",
-                  flush=True)
+                  file=sys.stderr, flush=True)
         self._truncate_log(stage, epoch)
         self.last_checkpoint = (Path(path), stage, epoch)
-        print(f"resumed from {path}: stage {stage} epoch {epoch} done; next stage {self.start[0]} epoch "
-              f"{self.start[1]}", flush=True)
+        nxt = f"next stage {self.start[0]} epoch {self.start[1]}" if self.start[0] <= 2 else \
+            "every epoch is done (the final evaluation runs again)"
+        print(f"resumed from {path}: stage {stage} epoch {epoch} done; {nxt}", flush=True)
 
     def _truncate_log(self, stage: int, epoch: int) -> None:
         """Drop log.csv rows after the checkpoint's epoch (written by the run that was stopped)."""
@@ -341,8 +343,6 @@ class Engine:
                                    eps=cfg.eps, k1=k1, min_samples=cfg.min_samples, min_clusters=cfg.min_clusters,
                                    max_outlier_share=cfg.max_outlier_share)
         if warning:
-            import sys
-
             print(warning, file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ data factory
@@ -401,6 +401,13 @@ class Engine:
         if self._optim_state is not None:  # resuming inside this stage
             self.optimizer.load_state_dict(self._optim_state[0])
             self.scheduler.load_state_dict(self._optim_state[1])
+            scale = cfg.lr / self._optim_state[2]
+            if scale != 1.0:  # --resume RUN_DIR --lr X: the new base rate, at the schedule's current step
+                for group in self.optimizer.param_groups:
+                    group["lr"] *= scale
+                    group["initial_lr"] = cfg.lr
+                self.scheduler.base_lrs = [cfg.lr] * len(self.optimizer.param_groups)
+                self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
             self._optim_state = None
 
     def evaluate(self) -> dict:

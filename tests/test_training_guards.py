@@ -101,3 +101,15 @@ def test_checkpoint_contents_and_workers_cap(capsys, toy_regdb, tmp_path, monkey
     assert labels.shape == (60,) and labels.max() + 1 == ckpt["memories"]["features"]["visible"].shape[0]
     assert ckpt["sampler"]["batches"] == 2 and set(ckpt["sampler"]["seeds"]) == {"visible", "infrared"}
     assert not list(out.glob("*.tmp"))  # written atomically
+
+
+def test_resume_with_a_new_learning_rate_applies_it(capsys, toy_regdb, tmp_path):
+    out = tmp_path / "run"
+    rc, _, _ = _train(capsys, toy_regdb, out, "--stage1-epochs", "1", "--stage2-epochs", "0")
+    assert rc == 0
+    rc = main(["train", "--resume", str(out), "--stage1-epochs", "2", "--lr", "0.001"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "warning: resuming with settings that differ" in captured.err
+    assert "lr 0.00035 -> 0.001" in captured.err and "stage 1 epoch 0 done; next stage 1 epoch 1" in captured.out
+    rows = (out / "log.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[:3] for r in rows] == [["1", "0", "0.00035"], ["1", "1", "0.001"]]
