@@ -300,7 +300,7 @@ def _message(exc: BaseException) -> str:
 def _exit_code(exc: BaseException) -> int:
     if isinstance(exc, DmdlError):
         return exc.exit_code
-    if _State.phase == "setup" and isinstance(exc, (ValueError, OSError)):
+    if _State.phase == "setup" and isinstance(exc, (ValueError, OSError, ImportError)):
         return 2
     return 1
 
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         code = _exit_code(exc)
         msg = _message(exc)
-        if code == 1 and not isinstance(exc, DmdlError):  # not an error we expected: name the type
+        if code == 1 and not isinstance(exc, (DmdlError, OSError, ImportError, MemoryError)):  # unexpected
             msg = f"{type(exc).__name__}: {msg} (an internal error; DMDL_TRACEBACK=1 shows the traceback)"
         print(f"dmdl {args.command}: error: {msg}", file=sys.stderr, flush=True)
         return code

