@@ -28,6 +28,7 @@ class _State:
     """``setup`` until a run starts: a ValueError / OSError then is the user's input (exit 2)."""
 
     phase = "setup"
+    run_dir: Path | None = None  # the run directory of `train` (for the interrupted message)
 
 
 # ---------------------------------------------------------------------------- train
@@ -80,6 +81,7 @@ def _train_config(args, extra):
 def _cmd_train(args, extra) -> int:
     cfg, trials = _train_config(args, extra)
     print(f"output directory: {Path(cfg.output_dir).resolve()}", flush=True)
+    _State.run_dir = Path(cfg.output_dir)
     from dmdl.data.check import preflight
 
     datasets = {}
@@ -311,11 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command not in ("train", "demo"):
         verbs[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
-    _State.phase = "setup"
+    _State.phase, _State.run_dir = "setup", None
     try:
         return args.func(args, extra)
     except KeyboardInterrupt:
-        print(f"dmdl {args.command}: interrupted", file=sys.stderr)
+        hint = ""
+        if _State.phase == "run" and _State.run_dir is not None:
+            hint = f"; continue with: dmdl train --resume {_State.run_dir}"
+        print(f"dmdl {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as exc:  # one line per error; DMDL_TRACEBACK=1 for the traceback
         if os.environ.get("DMDL_TRACEBACK"):
