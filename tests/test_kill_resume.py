@@ -33,6 +33,11 @@ def _dmdl(*args):
     return [sys.executable, "-m", "dmdl.cli", "train", *args]
 
 
+def _log_rows_raw(run: Path):
+    with open(run / "log.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def _log_rows(run: Path):
     with open(run / "log.csv", newline="") as fh:
         return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in csv.DictReader(fh)]
@@ -46,11 +51,13 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(toy_regdb, tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     p_kill = subprocess.Popen(_dmdl(*common, "--output-dir", str(killed)), env=_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    delay = random.uniform(0.0, 2.0)  # a random point after the first checkpoint: mid-epoch, usually
     deadline = time.time() + 240
     while not (killed / CHECKPOINT_NAME).is_file():
         assert p_kill.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.05)
+    # a random point inside the next epoch (the first one's length, from the log written before the checkpoint)
+    epoch_seconds = float(_log_rows_raw(killed)[0]["seconds"])
+    delay = random.uniform(0.1, 0.8) * epoch_seconds
     time.sleep(delay)
     assert p_kill.poll() is None, "the run ended before it was killed"
     p_kill.send_signal(signal.SIGKILL)
@@ -68,7 +75,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(toy_regdb, tmp_path):
 
     a = json.loads((full / RESULTS_NAME).read_text())["results"]["trained"]
     b = json.loads((killed / RESULTS_NAME).read_text())["results"]["trained"]
-    print(f"killed {delay:.2f} s after the first checkpoint (last checkpoint: stage {at_kill['stage']} epoch "
+    print(f"killed {delay:.2f} s after the first checkpoint (epochs take ~{epoch_seconds} s) (last checkpoint: stage {at_kill['stage']} epoch "
           f"{at_kill['epoch']})\nuninterrupted: {a}\nresumed:       {b}")
     assert a == b
     wa = torch.load(full / CHECKPOINT_NAME, weights_only=False)
