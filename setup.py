@@ -181,7 +181,7 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "faiss-cpu"],
+        "test": ["pytest", "pytest-benchmark", "faiss-cpu", "hypothesis"],
         "faiss": ["faiss-cpu"],
     },
     entry_points={"console_scripts": ["dmdl = dmdl.cli:main"]},

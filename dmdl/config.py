@@ -108,9 +108,15 @@ class Config:
     seed: int = 1
     device: str = "auto"
     output_dir: str = "runs/regdb"
-    resume: str | None = None
+    resume: str | None = None  # a run directory or checkpoint file to continue from
+    deterministic: bool = False  # deterministic kernels: a resumed run ends as an uninterrupted one
     eval_untrained: bool = True
     max_train_images: int | None = None  # cap per modality, for smoke runs
+    check_images: bool = True  # decode every image before the run starts (names the bad files)
+
+    # guards (dmdl.guards): DBSCAN results that leave little to train on
+    min_clusters: int = 2  # stop when a modality has fewer clusters (0: never stop)
+    max_outlier_share: float = 0.5  # warn when DBSCAN leaves more than this share of a modality as outliers
 
     def validate(self) -> "Config":
         """Check value ranges; raises ValueError naming the key."""
@@ -167,6 +173,12 @@ class Config:
                 raise ValueError(f"{key} must be in [0.02, 1], got {getattr(self, key)}")
         for key in ("stage1_triplet", "stage2_triplet"):
             parse_schedule(getattr(self, key), key)
+        if self.min_clusters < 0:
+            raise ValueError(f"min_clusters must be >= 0, got {self.min_clusters}")
+        if not 0.0 <= self.max_outlier_share <= 1.0:
+            raise ValueError(f"max_outlier_share must be in [0, 1], got {self.max_outlier_share}")
+        if self.max_train_images is not None and self.max_train_images < 1:
+            raise ValueError(f"max_train_images must be >= 1 (or none), got {self.max_train_images}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,6 +206,24 @@ def parse_schedule(text: str, name: str = "schedule") -> tuple[tuple[int, float]
     return tuple(pairs)
 
 
+def parse_trials(text: str | int) -> list[int]:
+    """``"all"`` -> 1..10; ``"1,3,5"`` -> [1, 3, 5]; ``"2"`` -> [2] (RegDB trials).
+
+    Raises:
+        ValueError: a trial outside 1..10 or unreadable text.
+    """
+    text = str(text).strip().lower()
+    if text == "all":
+        return list(range(1, 11))
+    try:
+        trials = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--trial: expected 'all', a number or a comma list, got {text!r}") from None
+    if not trials or any(not 1 <= t <= 10 for t in trials):
+        raise ValueError(f"--trial: RegDB trials are 1..10, got {text!r}")
+    return trials
+
+
 def preset_names() -> list[str]:
     """Names of the YAML presets shipped in ``dmdl/configs``."""
     files = resources.files("dmdl.configs").iterdir()
@@ -208,8 +238,14 @@ def _read_yaml(name_or_path: str, _depth: int = 0) -> dict[str, Any]:
     else:
         res = resources.files("dmdl.configs") / f"{name_or_path}.yaml"
         if not res.is_file():
+            import difflib
+
+            if path.suffix in (".yaml", ".yml"):
+                raise ValueError(f"config file not found: {path}")
+            close = difflib.get_close_matches(str(name_or_path), preset_names(), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ValueError(
-                f"unknown config {name_or_path!r}: not a YAML file and not a preset "
+                f"unknown config {name_or_path!r}: not a YAML file and not a preset{hint} "
                 f"(presets: {', '.join(preset_names())})"
             )
         text = res.read_text()
@@ -263,9 +299,32 @@ def make_config(values: dict[str, Any]) -> Config:
     for key, value in values.items():
         key = key.replace("-", "_")
         if key not in fields:
-            raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(fields))}")
+            raise ValueError(unknown_key_message(key))
         kwargs[key] = _coerce(key, value, fields[key].type)
     return Config(**kwargs).validate()
+
+
+def unknown_key_message(key: str) -> str:
+    """``unknown config key --foo`` with the closest keys, as the command line spells them."""
+    import difflib
+
+    names = [f.name for f in dataclasses.fields(Config)]
+    close = difflib.get_close_matches(key.replace("-", "_"), names, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join('--' + c.replace('_', '-') for c in close)}?" if close else ""
+    return f"unknown config key --{key.replace('_', '-')}{hint} (dmdl train --help lists the keys)"
+
+
+def config_keys_help(width: int = 100) -> str:
+    """Every config key as ``--key=default``, for ``dmdl train --help``."""
+    import textwrap
+
+    items = []
+    for f in dataclasses.fields(Config):
+        default = "none" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) \
+            else f.default
+        items.append(f"--{f.name.replace('_', '-')}={default}")
+    return "\n".join(textwrap.wrap("  ".join(items), width=width, initial_indent="  ", subsequent_indent="  ",
+                                   break_on_hyphens=False, break_long_words=False))
 
 
 def parse_overrides(args: Sequence[str]) -> dict[str, str]:
@@ -275,27 +334,28 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
     args = list(args)
     while i < len(args):
         tok = args[i]
-        if not tok.startswith("--"):
+        if not tok.startswith("--") or tok == "--":
             raise ValueError(f"expected --key value, got {tok!r}")
         if "=" in tok:
             key, val = tok[2:].split("=", 1)
             i += 1
         else:
-            if i + 1 >= len(args):
-                raise ValueError(f"missing value for {tok}")
+            if i + 1 >= len(args) or (args[i + 1].startswith("--") and len(args[i + 1]) > 2
+                                       and not _is_number(args[i + 1])):
+                raise ValueError(f"missing value for {tok} (config keys take one: {tok} VALUE)")
             key, val = tok[2:], args[i + 1]
             i += 2
         out[key.replace("-", "_")] = val
     return out
 
 
-def load_config(name_or_path: str, overrides: Sequence[str] | dict[str, Any] = ()) -> Config:
-    """Preset (or YAML file) + overrides -> validated Config.
+def load_config(name_or_path: str | dict[str, Any], overrides: Sequence[str] | dict[str, Any] = ()) -> Config:
+    """Preset (or YAML file, or a mapping such as a run's config.json) + overrides -> validated Config.
 
     Raises:
         ValueError: unknown preset, unknown key, or a value of the wrong type.
     """
-    values = _read_yaml(name_or_path)
+    values = dict(name_or_path) if isinstance(name_or_path, dict) else _read_yaml(name_or_path)
     if isinstance(overrides, dict):
         values.update({k.replace("-", "_"): v for k, v in overrides.items()})
     else:
@@ -303,4 +363,12 @@ def load_config(name_or_path: str, overrides: Sequence[str] | dict[str, Any] = (
     return make_config(values)
 
 
-__all__ = ["Config", "load_config", "make_config", "parse_overrides", "parse_schedule", "preset_names"]
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+__all__ = ["Config", "load_config", "config_keys_help", "unknown_key_message", "make_config", "parse_overrides", "parse_schedule", "parse_trials", "preset_names"]

@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,15 +29,19 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 from torch.utils.data import DataLoader
 
-from dmdl.config import Config
+from dmdl.config import Config, parse_trials  # noqa: F401  (parse_trials: re-exported)
+from dmdl.data.check import available_cores, open_dataset, preflight
 from dmdl.data.loading import TwoViewDataset
 from dmdl.data.records import ImageRecord
 from dmdl.data.sampler import PseudoIdentitySampler
 from dmdl.data.transforms import train_views
+from dmdl.errors import CheckpointError, TrainingError
 from dmdl.evaluation.runner import METRIC_KEYS, evaluate_model, extract_features, format_table
+from dmdl.guards import check_clustering, non_finite_loss_message
 
 CHECKPOINT_NAME = "checkpoint.pth"
 RESULTS_NAME = "results.json"
+TRIALS_NAME = "trials.json"  # the trial list of a `--trial all` / `--trial 1,2,3` run directory
 MODALITIES = ("visible", "infrared")
 # one row per epoch; the unified-label columns stay empty in stage 1
 LOG_FIELDS = (
@@ -58,6 +63,17 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def set_deterministic() -> None:
+    """Deterministic kernels (``--deterministic``): ``torch.use_deterministic_algorithms`` (ops
+    without a deterministic implementation warn), cuDNN deterministic, cuBLAS workspace fixed.
+    With the same machine, thread count and workers, a run is then reproducible, and a run
+    resumed from a checkpoint ends as the uninterrupted run."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``.
 
@@ -73,24 +89,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_dataset(name: str, root: str, trial: int = 1):
-    """The reader of ``name`` (``regdb``, ``sysu``, ``llcm``) on ``root``.
+    """The reader of ``name`` (``regdb``, ``sysu``, ``llcm``) on ``root``
+    (see :func:`dmdl.data.check.preflight` for the checked version).
 
     Raises:
-        ValueError: unknown name or missing root.
+        ValueError: unknown name or missing root; FileNotFoundError / ValueError from the reader.
     """
-    from dmdl.data.llcm import LLCM
-    from dmdl.data.regdb import RegDB
-    from dmdl.data.sysu import SYSUMM01
-
-    if not root:
-        raise ValueError("data_root is not set: pass --data-root DIR")
-    if name == "regdb":
-        return RegDB(root, trial=trial)
-    if name == "sysu":
-        return SYSUMM01(root)
-    if name == "llcm":
-        return LLCM(root)
-    raise ValueError(f"unknown dataset {name!r}; expected regdb, sysu or llcm")
+    return open_dataset(name, root, trial)
 
 
 def build_model_from_config(cfg: Config, pretrained: str | None = None) -> torch.nn.Module:
@@ -105,10 +110,68 @@ def build_model_from_config(cfg: Config, pretrained: str | None = None) -> torch
 
 
 def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a killed run never leaves half a file."""
+    """``torch.save`` to a temporary file, flushed to disk, then renamed over ``path``: a run
+    killed at any moment leaves either the previous file or the new one, never half a file."""
+    path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+CHECKPOINT_KEYS = ("model", "config", "stage", "epoch")
+
+
+def load_checkpoint(path, map_location="cpu", need=CHECKPOINT_KEYS) -> dict:
+    """Read a dmdl checkpoint (a run directory means its ``checkpoint.pth``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the file is not a (complete) dmdl checkpoint; the message names it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError, ...
+        text = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}"
+                              f"{': ' + text[:200] if text else ''}); was it written by dmdl train, "
+                              "and completely?") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a dmdl checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+    missing = [k for k in need if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a dmdl checkpoint: no {', '.join(repr(k) for k in missing)} "
+                              f"entr{'y' if len(missing) == 1 else 'ies'}")
+    return ckpt
+
+
+def resolve_resume(resume: str | None) -> Path | None:
+    """The checkpoint file ``cfg.resume`` points to, or None when it is a run directory
+    without one yet (the run was stopped before its first epoch ended: start afresh).
+
+    Raises:
+        FileNotFoundError: neither a checkpoint file nor a directory.
+    """
+    if not resume:
+        return None
+    path = Path(resume)
+    if path.is_dir():
+        return path / CHECKPOINT_NAME if (path / CHECKPOINT_NAME).is_file() else None
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint file or run directory at {path}")
+    return path
+
+
+def _fmt_seconds(sec: float) -> str:
+    sec = int(round(sec))
+    return f"{sec // 3600}:{sec % 3600 // 60:02d}:{sec % 60:02d}"
 
 
 def write_results(path: Path, results: dict, config: dict) -> None:
@@ -126,24 +189,42 @@ class Engine:
         cfg: the run's configuration.
         method: a callable ``method(engine) -> object`` with ``epoch(stage, epoch) -> dict``
             (default: the method named by ``cfg.method``).
+        dataset: the reader of ``cfg``'s dataset, already checked (default: read and checked
+            here with :func:`dmdl.data.check.preflight`).
+        announce: print the output directory (the CLI prints it itself, earlier).
 
     Raises:
         ValueError / FileNotFoundError: bad config, dataset or checkpoint (messages name it).
     """
 
-    def __init__(self, cfg: Config, method: Callable | None = None):
+    def __init__(self, cfg: Config, method: Callable | None = None, dataset=None, announce: bool = True):
         self.cfg = cfg.validate()
+        if cfg.deterministic:
+            set_deterministic()
         self.device = resolve_device(cfg.device)
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        if announce:
+            print(f"output directory: {self.out.resolve()}", flush=True)
+        resume = resolve_resume(cfg.resume)
+        if cfg.resume and resume is None:
+            print(f"--resume: {cfg.resume} holds no checkpoint yet (stopped before the first epoch ended): "
+                  "starting from the beginning", flush=True)
         seed_everything(cfg.seed)
-        self.dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.trial)
+        if dataset is None:
+            dataset = preflight(cfg.dataset, cfg.data_root, cfg.trial, images=cfg.check_images,
+                                max_train_images=cfg.max_train_images, log=print)
+        self.dataset = dataset
         vis, ir = self.dataset.train_visible, self.dataset.train_infrared
         if cfg.max_train_images:
             vis, ir = vis[: cfg.max_train_images], ir[: cfg.max_train_images]
         if not vis or not ir:
             raise ValueError(f"{cfg.data_root}: the training split has no visible or no infrared image")
         self.train: dict[str, list[ImageRecord]] = {"visible": vis, "infrared": ir}
+        self.workers = min(cfg.workers, available_cores())  # DataLoader workers beyond the cores only slow down
+        if self.workers < cfg.workers:
+            print(f"workers: {self.workers} (the {available_cores()} CPU cores available; the config asks "
+                  f"{cfg.workers})", flush=True)
         self.model = build_model_from_config(cfg).to(self.device)
         if cfg.ghost_bn_groups > 1:
             from dmdl.models.ghost_bn import convert_ghost_batchnorm
@@ -159,49 +240,110 @@ class Engine:
         self.optimizer = None
         self.scheduler = None
         self._optim_state = None
+        self.last_checkpoint: tuple[Path, int, int] | None = None  # (file, stage, epoch) of the last good one
         if method is None:
             from dmdl.methods import get_method
 
             method = get_method(cfg.method)
         self.method = method(self)
-        if cfg.resume:
-            self._load_checkpoint(cfg.resume)
+        if resume is not None:
+            self._load_checkpoint(resume)
         (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     # ------------------------------------------------------------------ checkpoints
-    def _load_checkpoint(self, path: str) -> None:
-        if os.path.isdir(path):
-            path = os.path.join(path, CHECKPOINT_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(ckpt["model"])
+    # keys that may differ between a checkpoint's config and the resumed run's without changing the result
+    _RESUME_FREE = ("resume", "output_dir", "data_root", "device", "cache_images", "eval_untrained", "check_images",
+                    "max_outlier_share")
+
+    def _load_checkpoint(self, path: Path) -> None:
+        cfg = self.cfg
+        ckpt = load_checkpoint(path, map_location=self.device,
+                               need=CHECKPOINT_KEYS + ("optimizer", "scheduler", "rng"))
+        old = ckpt["config"]
+        for key in ("dataset", "trial", "arch"):
+            if old.get(key) != getattr(cfg, key):
+                raise CheckpointError(f"--resume: {path} was trained with {key} {old.get(key)!r}, this run has "
+                                      f"{getattr(cfg, key)!r}")
+        changed = [f"{k} {old[k]!r} -> {v!r}" for k, v in cfg.to_dict().items()
+                   if k in old and old[k] != v and k not in self._RESUME_FREE]
+        if changed:
+            print(f"warning: resuming with settings that differ from {path}'s: {'; '.join(changed)}: the result "
+                  "will differ from an uninterrupted run", file=sys.stderr, flush=True)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"--resume: {path} does not fit the model of this config "
+                                  f"({str(exc).splitlines()[0]})") from None
         self.results = ckpt.get("results", {})
         stage, epoch = ckpt["stage"], ckpt["epoch"]
-        epochs = self.cfg.stage1_epochs if stage == 1 else self.cfg.stage2_epochs
+        epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
         self.start = (stage, epoch + 1) if epoch + 1 < epochs else (stage + 1, 0)
         if self.start[0] == stage:
-            self._optim_state = (ckpt["optimizer"], ckpt["scheduler"])
+            self._optim_state = (ckpt["optimizer"], ckpt["scheduler"], float(old.get("lr", cfg.lr)))
+        if ckpt.get("scaler") and self.scaler.is_enabled():  # the scaler lives across stages
+            self.scaler.load_state_dict(ckpt["scaler"])
         rng = ckpt["rng"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        print(f"resumed from {path}: stage {stage} epoch {epoch} done; next stage {self.start[0]} epoch {self.start[1]}")
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng.get("cuda") is not None and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        if ckpt.get("workers") not in (None, self.workers):
+            print(f"warning: the checkpoint ran with {ckpt['workers']} DataLoader workers, this run has "
+                  f"{self.workers}: the augmentations (and the result) will differ from an uninterrupted run",
+                  file=sys.stderr, flush=True)
+        self._truncate_log(stage, epoch)
+        self.last_checkpoint = (Path(path), stage, epoch)
+        nxt = f"next stage {self.start[0]} epoch {self.start[1]}" if self.start[0] <= 2 else \
+            "every epoch is done (the final evaluation runs again)"
+        print(f"resumed from {path}: stage {stage} epoch {epoch} done; {nxt}", flush=True)
+
+    def _truncate_log(self, stage: int, epoch: int) -> None:
+        """Drop log.csv rows after the checkpoint's epoch (written by the run that was stopped)."""
+        log_path = self.out / "log.csv"
+        if not log_path.is_file():
+            return
+        with open(log_path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        keep = [r for r in rows if (int(r["stage"]), int(r["epoch"])) <= (stage, epoch)]
+        if len(keep) < len(rows):
+            with open(log_path, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=LOG_FIELDS, restval="", extrasaction="ignore")
+                w.writeheader()
+                w.writerows(keep)
 
     def _save_checkpoint(self, stage: int, epoch: int) -> None:
-        atomic_save(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "stage": stage,
-                "epoch": epoch,
-                "config": self.cfg.to_dict(),
-                "results": self.results,
-                "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-            },
-            self.out / CHECKPOINT_NAME,
-        )
+        """Everything a resumed run needs to continue exactly (model, optimizer, scheduler, AMP
+        scaler, RNG states), plus what the epoch trained on (its pseudo-labels, memories and
+        sampler seeds, from the method). Written atomically after every epoch."""
+        state = {
+            "format": 2,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "stage": stage,
+            "epoch": epoch,
+            "config": self.cfg.to_dict(),
+            "results": self.results,
+            "workers": self.workers,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+        if hasattr(self.method, "checkpoint_state"):
+            state.update(self.method.checkpoint_state())
+        atomic_save(state, self.out / CHECKPOINT_NAME)
+        self.last_checkpoint = (self.out / CHECKPOINT_NAME, stage, epoch)
+
+    def check_clusters(self, stage: int, epoch: int, modality: str, labels: np.ndarray, k1: int) -> None:
+        """The method's DBSCAN result for one modality (see :func:`dmdl.guards.check_clustering`):
+        raises :class:`TrainingError` on no / too few clusters, prints a warning on many outliers."""
+        cfg = self.cfg
+        warning = check_clustering(labels, what=f"{modality} training images", where=f"stage {stage} epoch {epoch}",
+                                   eps=cfg.eps, k1=k1, min_samples=cfg.min_samples, min_clusters=cfg.min_clusters,
+                                   max_outlier_share=cfg.max_outlier_share)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ data factory
     def extract(self, modality: str, renormalize: bool) -> torch.Tensor:
@@ -214,7 +356,7 @@ class Engine:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):  # §A1.2: fp16 on CUDA
             return extract_features(
                 self.model, [r.path for r in self.train[modality]], cfg.height, cfg.width, self.device,
-                batch_size=max(cfg.batch_size, 32), workers=cfg.workers, desc=f"features {modality}",
+                batch_size=max(cfg.batch_size, 32), workers=self.workers, desc=f"features {modality}",
                 cache=self.image_cache, renormalize=renormalize,
             )
 
@@ -239,7 +381,7 @@ class Engine:
                             cache=self.image_cache)
         sampler = PseudoIdentitySampler(labels[keep], [r.camid for r in recs], cfg.num_instances, seed=seed,
                                         min_length=cfg.batch_size, id_order=id_order)
-        return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+        return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=self.workers,
                           drop_last=True, pin_memory=self.device.type == "cuda")
 
     def label_quality(self, modalities: Sequence[str], labels: np.ndarray) -> float:
@@ -259,13 +401,20 @@ class Engine:
         if self._optim_state is not None:  # resuming inside this stage
             self.optimizer.load_state_dict(self._optim_state[0])
             self.scheduler.load_state_dict(self._optim_state[1])
+            scale = cfg.lr / self._optim_state[2]
+            if scale != 1.0:  # --resume RUN_DIR --lr X: the new base rate, at the schedule's current step
+                for group in self.optimizer.param_groups:
+                    group["lr"] *= scale
+                    group["initial_lr"] = cfg.lr
+                self.scheduler.base_lrs = [cfg.lr] * len(self.optimizer.param_groups)
+                self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
             self._optim_state = None
 
     def evaluate(self) -> dict:
         """The dataset's test protocol on the current model (see :func:`evaluate_model`)."""
         cfg = self.cfg
         return evaluate_model(self.model, cfg.dataset, self.dataset, cfg.height, cfg.width, self.device,
-                              workers=cfg.workers, batch_size=max(cfg.batch_size, 32))
+                              workers=self.workers, batch_size=max(cfg.batch_size, 32))
 
     def _log(self, stats: dict, writer) -> None:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()), flush=True)
@@ -313,6 +462,9 @@ class Engine:
             writer = SummaryWriter(str(self.out / "tensorboard"))
         except ImportError:  # tensorboard is an install requirement; keep training if it is broken
             print("tensorboard is not importable: logging to log.csv only")
+        total = cfg.stage1_epochs + cfg.stage2_epochs
+        done_before = (0 if self.start[0] == 1 else cfg.stage1_epochs) + self.start[1] if self.start[0] <= 2 else total
+        t_train, done = time.time(), 0
         for stage, epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
             if stage < self.start[0] or epochs == 0:
                 continue
@@ -321,13 +473,24 @@ class Engine:
             for epoch in range(first, epochs):
                 t0 = time.time()
                 stats = {"stage": stage, "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
-                stats.update(self.method.epoch(stage, epoch))
+                try:
+                    stats.update(self.method.epoch(stage, epoch))
+                except FloatingPointError as exc:
+                    last = self.last_checkpoint
+                    where = None if last is None else f"{last[0]} (stage {last[1]} epoch {last[2]})"
+                    raise TrainingError(non_finite_loss_message(str(exc), where, str(self.out), cfg.lr)) from None
                 self.scheduler.step()
                 stats["seconds"] = round(time.time() - t0, 1)
                 if cfg.select_on_test:
                     self._select_on_test(stage, epoch, stats)
                 self._log(stats, writer)
                 self._save_checkpoint(stage, epoch)
+                done += 1
+                elapsed = time.time() - t_start
+                eta = (time.time() - t_train) / done * (total - done_before - done)
+                print(f"progress: {done_before + done}/{total} epochs done (stage {stage}: {epoch + 1}/{epochs}), "
+                      f"elapsed {_fmt_seconds(elapsed)}, ETA {_fmt_seconds(eta)} + the final evaluation; "
+                      f"checkpoint {self.out / CHECKPOINT_NAME}", flush=True)
         if writer is not None:
             writer.close()
         print("evaluating the trained model ...", flush=True)
@@ -348,30 +511,13 @@ class Engine:
         print(format_table(report))
         write_results(self.out / RESULTS_NAME, self.results, cfg.to_dict())
         print(f"results: {self.out / RESULTS_NAME}; checkpoint: {self.out / CHECKPOINT_NAME}", flush=True)
+        print(f"output directory: {self.out.resolve()} ({_fmt_seconds(time.time() - t_start)})", flush=True)
         return self.results
 
 
 def train(cfg: Config) -> dict:
     """Train with ``cfg``; see :class:`Engine`."""
     return Engine(cfg).run()
-
-
-def parse_trials(text: str | int) -> list[int]:
-    """``"all"`` -> 1..10; ``"1,3,5"`` -> [1, 3, 5]; ``"2"`` -> [2] (RegDB trials).
-
-    Raises:
-        ValueError: a trial outside 1..10 or unreadable text.
-    """
-    text = str(text).strip().lower()
-    if text == "all":
-        return list(range(1, 11))
-    try:
-        trials = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ValueError(f"--trial: expected 'all', a number or a comma list, got {text!r}") from None
-    if not trials or any(not 1 <= t <= 10 for t in trials):
-        raise ValueError(f"--trial: RegDB trials are 1..10, got {text!r}")
-    return trials
 
 
 def train_trials(cfg: Config, trials: Sequence[int]) -> dict:
@@ -392,6 +538,10 @@ def train_trials(cfg: Config, trials: Sequence[int]) -> dict:
     if cfg.dataset != "regdb":
         raise ValueError(f"--trial all / a trial list is for RegDB; the config's dataset is {cfg.dataset!r}")
     root = Path(cfg.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    # what `dmdl train --resume ROOT` reads back: the config and the trial list
+    (root / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    (root / TRIALS_NAME).write_text(json.dumps({"trials": list(trials)}))
     per_trial: dict[int, dict] = {}
     for t in trials:
         print(f"===== RegDB trial {t} =====", flush=True)

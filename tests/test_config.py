@@ -25,7 +25,7 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize(
     "args,match",
     [
-        (["--no-such-key", "1"], "unknown config key 'no_such_key'"),
+        (["--no-such-key", "1"], "unknown config key --no-such-key"),
         (["--k1", "abc"], "k1: cannot read 'abc' as int"),
         (["--trial", "11"], "trial must be in 1..10"),
         (["--batch-size", "30", "--num-instances", "16"], "multiple of num_instances"),

@@ -83,8 +83,8 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     rc = main(["train", "--config", "regdb-cpu", "--data-root", str(tmp_path / "missing")])
     assert rc == 2
     assert str(tmp_path / "missing") in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="checkpoint not found"):
-        main(["evaluate", "--dataset", "regdb", "--data-root", str(tmp_path), "--checkpoint", str(tmp_path / "x.pth")])
+    rc = main(["evaluate", "--dataset", "regdb", "--data-root", str(tmp_path), "--checkpoint", str(tmp_path / "x.pth")])
+    assert rc == 2 and "dmdl evaluate: error: checkpoint not found" in capsys.readouterr().err
 
 
 def test_trial_list_trains_one_model_per_trial_and_averages(toy_root, tmp_path, capsys):

@@ -1,16 +1,34 @@
-"""Dataset readers (RegDB, SYSU-MM01, LLCM) and the toy dataset generator."""
+"""Dataset readers (RegDB, SYSU-MM01, LLCM), their checks and the toy dataset generator.
 
-from .records import INFRARED, MODALITIES, VISIBLE, ImageRecord
-from .regdb import REGDB_TRIALS, RegDB, VIReIDDataset, build_camera_index
-from .sysu import SYSU_INDOOR_CAMS, SYSU_IR_CAMS, SYSU_RGB_CAMS, SYSUMM01, read_id_list
-from .llcm import LLCM, LLCM_NIR_CAMS, LLCM_VIS_CAMS
-from .toy import TOY_LAYOUTS, ensure_toy_dataset, make_toy_dataset, toy_default_root
+Names are imported on first use: the readers and :mod:`dmdl.data.check` need neither torch nor
+the training code, so that the ``dmdl`` command checks a dataset before it loads them.
+"""
+
+from .records import INFRARED, MODALITIES, VISIBLE, ImageRecord, Problem
+
+_LAZY = {
+    "VIReIDDataset": "regdb", "build_camera_index": "regdb", "RegDB": "regdb", "REGDB_TRIALS": "regdb",
+    "SYSUMM01": "sysu", "SYSU_RGB_CAMS": "sysu", "SYSU_IR_CAMS": "sysu", "SYSU_INDOOR_CAMS": "sysu",
+    "read_id_list": "sysu",
+    "LLCM": "llcm", "LLCM_VIS_CAMS": "llcm", "LLCM_NIR_CAMS": "llcm",
+    "make_toy_dataset": "toy", "ensure_toy_dataset": "toy", "toy_default_root": "toy", "TOY_LAYOUTS": "toy",
+}
 
 __all__ = [
-    "ImageRecord", "VISIBLE", "INFRARED", "MODALITIES",
+    "ImageRecord", "Problem", "VISIBLE", "INFRARED", "MODALITIES",
     "VIReIDDataset", "build_camera_index",
     "RegDB", "REGDB_TRIALS",
     "SYSUMM01", "SYSU_RGB_CAMS", "SYSU_IR_CAMS", "SYSU_INDOOR_CAMS", "read_id_list",
     "LLCM", "LLCM_VIS_CAMS", "LLCM_NIR_CAMS",
     "make_toy_dataset", "ensure_toy_dataset", "toy_default_root", "TOY_LAYOUTS",
 ]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

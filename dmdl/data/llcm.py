@@ -22,11 +22,11 @@ import re
 from pathlib import Path
 from typing import List, Tuple
 
-from .records import INFRARED, VISIBLE, ImageRecord
+from .records import INFRARED, VISIBLE, ImageRecord, report
 from .regdb import CameraIndex, VIReIDDataset
-from .sysu import collect_camera_folders, read_id_list
+from .sysu import _read_ids, collect_camera_folders
 
-__all__ = ["LLCM", "LLCM_VIS_CAMS", "LLCM_NIR_CAMS"]
+__all__ = ["LLCM", "LLCM_VIS_CAMS", "LLCM_NIR_CAMS", "parse_llcm_line"]
 
 LLCM_VIS_CAMS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 LLCM_NIR_CAMS = (1, 2, 4, 5, 6, 7, 8, 9)
@@ -34,6 +34,30 @@ LLCM_NIR_CAMS = (1, 2, 4, 5, 6, 7, 8, 9)
 _CAM_FIELD = re.compile(r"_c(\d+)_")
 _MODS = {VISIBLE: ("vis", "train_vis.txt", "test_vis", LLCM_VIS_CAMS),
          INFRARED: ("nir", "train_nir.txt", "test_nir", LLCM_NIR_CAMS)}
+
+
+def parse_llcm_line(line: str, folder: str) -> Tuple[List[str], int, int]:
+    """One LLCM training idx line ``<folder>/<pid4>/<..._c<CC>_...> <label>`` ->
+    (path parts, label, camera); ``folder`` is ``"vis"`` or ``"nir"``.
+
+    Raises:
+        ValueError: why the line is malformed (the caller adds file and line number).
+    """
+    fields = line.split()
+    if len(fields) != 2:
+        raise ValueError("expected '<relative path> <label>'")
+    rel, label_s = fields
+    try:
+        label = int(label_s)
+    except ValueError:
+        raise ValueError("label is not an integer") from None
+    parts = rel.replace("\\", "/").split("/")
+    if len(parts) != 3 or parts[0] != folder or not (parts[1].isascii() and parts[1].isdigit()):
+        raise ValueError(f"path is not '{folder}/<pid4>/<file>'")
+    m = _CAM_FIELD.search(parts[2])
+    if m is None:
+        raise ValueError("no '_c<CC>_' camera field in file name")
+    return parts, label, int(m.group(1))
 
 
 class LLCM(VIReIDDataset):
@@ -55,25 +79,34 @@ class LLCM(VIReIDDataset):
             ``{(pid, cam): sorted paths}`` in that order.
 
     Raises:
-        FileNotFoundError: missing root, idx file, listed training image, or
-            both ``test_vis/`` and ``test_nir/`` absent.
+        FileNotFoundError: missing root, idx file, listed training image,
+            ``test_vis/`` or ``test_nir/`` absent.
         ValueError: malformed idx line (file and line named) or id list.
+
+    With ``problems`` (a list), problems are appended to it instead of raised (see
+    :class:`~dmdl.data.regdb.RegDB`).
     """
 
     name = "llcm"
 
-    def __init__(self, root) -> None:
+    def __init__(self, root, *, problems: list | None = None) -> None:
         super().__init__()
         self.root = Path(root).expanduser().resolve()
+        self._problems = problems
+        self.train_labels_visible = self.train_labels_infrared = []
+        self.test_id_order: List[int] = []
+        self.test_ids_: List[int] = []
         if not self.root.is_dir():
-            raise FileNotFoundError(f"LLCM root not found: {self.root}")
+            report(problems, "missing root", self.root, f"LLCM root not found: {self.root}", missing=True)
+            return
         self.train_visible, self.train_labels_visible = self._read_train(VISIBLE)
         self.train_infrared, self.train_labels_infrared = self._read_train(INFRARED)
-        self.test_id_order = read_id_list(self.root / "idx" / "test_id.txt")
+        self.test_id_order = _read_ids(self.root / "idx" / "test_id.txt", problems)
         self.test_ids_ = sorted(set(self.test_id_order))
-        if not any((self.root / _MODS[m][2]).is_dir() for m in _MODS):
-            raise FileNotFoundError(
-                f"LLCM: neither {self.root / 'test_vis'} nor {self.root / 'test_nir'} exists")
+        for m in (VISIBLE, INFRARED):
+            folder = self.root / _MODS[m][2]
+            if not folder.is_dir():
+                report(problems, "missing folder", folder, f"LLCM test folder not found: {folder}", missing=True)
         self.test_visible, self.test_visible_index = self._collect_test(VISIBLE)
         self.test_infrared, self.test_infrared_index = self._collect_test(INFRARED)
 
@@ -85,35 +118,30 @@ class LLCM(VIReIDDataset):
     def _read_train(self, modality: str) -> Tuple[List[ImageRecord], List[int]]:
         folder, fname, _, _ = _MODS[modality]
         list_file = self.root / "idx" / fname
+        problems = self._problems
         if not list_file.is_file():
-            raise FileNotFoundError(f"LLCM idx file not found: {list_file}")
+            report(problems, "missing idx file", list_file, f"LLCM idx file not found: {list_file}", missing=True)
+            return [], []
         root = str(self.root)
         records: List[ImageRecord] = []
         labels: List[int] = []
-        with open(list_file, "r", encoding="utf-8") as fh:
+        with open(list_file, "r", encoding="utf-8", errors="replace") as fh:
             for lineno, raw in enumerate(fh, start=1):
                 line = raw.strip()
                 if not line:
                     continue
                 where = f"{list_file}:{lineno}"
-                fields = line.split()
-                if len(fields) != 2:
-                    raise ValueError(f"{where}: expected '<relative path> <label>': {line!r}")
-                rel, label_s = fields
                 try:
-                    label = int(label_s)
-                except ValueError:
-                    raise ValueError(f"{where}: label is not an integer: {line!r}") from None
-                parts = rel.replace("\\", "/").split("/")
-                if len(parts) != 3 or parts[0] != folder or not parts[1].isdigit():
-                    raise ValueError(f"{where}: path is not '{folder}/<pid4>/<file>': {line!r}")
-                m = _CAM_FIELD.search(parts[2])
-                if m is None:
-                    raise ValueError(f"{where}: no '_c<CC>_' camera field in file name: {line!r}")
+                    parts, label, cam = parse_llcm_line(line, folder)
+                except ValueError as exc:
+                    report(problems, "malformed idx line", where, f"{where}: {exc}: {line!r}")
+                    continue
                 path = os.path.join(root, *parts)
                 if not os.path.isfile(path):
-                    raise FileNotFoundError(f"LLCM image listed in {where} not found: {path}")
-                records.append(ImageRecord(path, int(parts[1]), int(m.group(1)), modality))
+                    report(problems, "missing image", path, f"LLCM image listed in {where} not found: {path}",
+                           missing=True)
+                    continue
+                records.append(ImageRecord(path, int(parts[1]), cam, modality))
                 labels.append(label)
         return records, labels
 

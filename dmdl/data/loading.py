@@ -8,9 +8,11 @@ from typing import Callable, Sequence
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from dmdl.errors import InputError
 
-class ImageReadError(RuntimeError):
-    """An image file could not be decoded; the message names the file."""
+
+class ImageReadError(InputError, RuntimeError):
+    """An image file could not be decoded; the message names the file (exit code 2 in the CLI)."""
 
 
 def read_image(path: str) -> Image.Image:

@@ -26,3 +26,32 @@ class ImageRecord(NamedTuple):
     pid: int
     camid: int
     modality: str
+
+
+class Problem(NamedTuple):
+    """One thing wrong with a dataset on disk (see :mod:`dmdl.data.check`).
+
+    Attributes:
+        kind: short category, for counting (e.g. ``"missing image"``).
+        path: the file or folder at fault.
+        message: the full sentence shown to the user (names the path).
+        missing: True when the path does not exist (raised as ``FileNotFoundError``,
+            else as ``ValueError``).
+    """
+
+    kind: str
+    path: str
+    message: str
+    missing: bool = False
+
+    def exception(self) -> Exception:
+        return (FileNotFoundError if self.missing else ValueError)(self.message)
+
+
+def report(problems, kind: str, path, message: str, missing: bool = False) -> None:
+    """Raise the problem (``problems is None``: a reader's normal, strict mode) or append
+    it to the ``problems`` list (the collecting mode of ``dmdl check-dataset``)."""
+    p = Problem(kind, str(path), message, missing)
+    if problems is None:
+        raise p.exception()
+    problems.append(p)

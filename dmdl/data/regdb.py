@@ -25,9 +25,9 @@ import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Tuple
 
-from .records import INFRARED, VISIBLE, ImageRecord
+from .records import INFRARED, VISIBLE, ImageRecord, report
 
-__all__ = ["VIReIDDataset", "RegDB", "REGDB_TRIALS"]
+__all__ = ["VIReIDDataset", "RegDB", "REGDB_TRIALS", "parse_regdb_line"]
 
 #: Valid RegDB trial numbers.
 REGDB_TRIALS = tuple(range(1, 11))
@@ -118,6 +118,36 @@ _REGDB_NAME = re.compile(r"^.*_(\d+)\.bmp$", re.IGNORECASE)
 _REGDB_FOLDERS = {VISIBLE: ("Visible", 1), INFRARED: ("Thermal", 2)}
 
 
+def parse_regdb_line(line: str, folder: str) -> Tuple[List[str], int, int]:
+    """One RegDB idx line ``<folder>/<pid>/<name>_<pid>.bmp <label>`` -> (path parts, label, pid).
+
+    ``folder`` is ``"Visible"`` or ``"Thermal"``; backslashes count as slashes.
+
+    Raises:
+        ValueError: why the line is malformed (the caller adds file and line number).
+    """
+    fields = line.split()
+    if len(fields) != 2:
+        raise ValueError("expected '<relative path> <label>'")
+    rel, label_s = fields
+    try:
+        label = int(label_s)
+    except ValueError:
+        raise ValueError("label is not an integer") from None
+    parts = rel.replace("\\", "/").split("/")
+    if len(parts) != 3 or parts[0] != folder:
+        raise ValueError(f"path is not '{folder}/<pid>/<file>'")
+    if not (parts[1].isascii() and parts[1].isdigit()):
+        raise ValueError("pid folder is not a number")
+    pid = int(parts[1])
+    m = _REGDB_NAME.match(parts[2])
+    if m is None:
+        raise ValueError("file name does not end in '_<pid>.bmp'")
+    if int(m.group(1)) != pid:
+        raise ValueError(f"file-name pid {m.group(1)} != folder pid {parts[1]}")
+    return parts, label, pid
+
+
 class RegDB(VIReIDDataset):
     """RegDB reader for one trial (``datasets.md`` section 2).
 
@@ -140,18 +170,26 @@ class RegDB(VIReIDDataset):
             non-integer label, path not ``<Visible|Thermal>/<pid>/<name>``,
             or the ``_<pid>.bmp`` suffix disagreeing with the folder.
         FileNotFoundError: missing root, idx file or listed image (named).
+
+    With ``problems`` (a list), nothing is raised for the dataset's content: every
+    problem is appended as a :class:`~dmdl.data.records.Problem` and the reader goes on
+    without the faulty lines (what ``dmdl check-dataset`` uses).
     """
 
     name = "regdb"
 
-    def __init__(self, root, trial: int = 1) -> None:
+    def __init__(self, root, trial: int = 1, *, problems: list | None = None) -> None:
         super().__init__()
         if isinstance(trial, bool) or not isinstance(trial, int) or trial not in REGDB_TRIALS:
             raise ValueError(f"RegDB trial must be an integer in 1..10, got {trial!r}")
         self.root = Path(root).expanduser().resolve()
         self.trial = trial
+        self._problems = problems
+        self.train_labels_visible = self.train_labels_infrared = []
+        self.test_labels_visible = self.test_labels_infrared = []
         if not self.root.is_dir():
-            raise FileNotFoundError(f"RegDB root not found: {self.root}")
+            report(problems, "missing root", self.root, f"RegDB root not found: {self.root}", missing=True)
+            return
         self.train_visible, self.train_labels_visible = self._read("train", VISIBLE)
         self.train_infrared, self.train_labels_infrared = self._read("train", INFRARED)
         self.test_visible, self.test_labels_visible = self._read("test", VISIBLE)
@@ -169,44 +207,30 @@ class RegDB(VIReIDDataset):
 
     def _read(self, split: str, modality: str) -> Tuple[List[ImageRecord], List[int]]:
         list_file = self.idx_file(split, modality)
+        problems = self._problems
         if not list_file.is_file():
-            raise FileNotFoundError(f"RegDB idx file not found: {list_file}")
+            report(problems, "missing idx file", list_file, f"RegDB idx file not found: {list_file}", missing=True)
+            return [], []
         folder, camid = _REGDB_FOLDERS[modality]
         records: List[ImageRecord] = []
         labels: List[int] = []
         root = str(self.root)
-        with open(list_file, "r", encoding="utf-8") as fh:
+        with open(list_file, "r", encoding="utf-8", errors="replace") as fh:
             for lineno, raw in enumerate(fh, start=1):
                 line = raw.strip()
                 if not line:
                     continue
-
-                def bad(why: str) -> ValueError:
-                    return ValueError(f"{list_file}:{lineno}: {why}: {line!r}")
-
-                fields = line.split()
-                if len(fields) != 2:
-                    raise bad("expected '<relative path> <label>'")
-                rel, label_s = fields
                 try:
-                    label = int(label_s)
-                except ValueError:
-                    raise bad("label is not an integer") from None
-                parts = rel.replace("\\", "/").split("/")
-                if len(parts) != 3 or parts[0] != folder:
-                    raise bad(f"path is not '{folder}/<pid>/<file>'")
-                if not parts[1].isdigit():
-                    raise bad("pid folder is not a number")
-                pid = int(parts[1])
-                m = _REGDB_NAME.match(parts[2])
-                if m is None:
-                    raise bad("file name does not end in '_<pid>.bmp'")
-                if int(m.group(1)) != pid:
-                    raise bad(f"file-name pid {m.group(1)} != folder pid {parts[1]}")
+                    parts, label, pid = parse_regdb_line(line, folder)
+                except ValueError as exc:
+                    report(problems, "malformed idx line", f"{list_file}:{lineno}",
+                           f"{list_file}:{lineno}: {exc}: {line!r}")
+                    continue
                 path = os.path.join(root, *parts)
                 if not os.path.isfile(path):
-                    raise FileNotFoundError(
-                        f"RegDB image listed in {list_file}:{lineno} not found: {path}")
+                    report(problems, "missing image", path,
+                           f"RegDB image listed in {list_file}:{lineno} not found: {path}", missing=True)
+                    continue
                 records.append(ImageRecord(path, pid, camid, modality))
                 labels.append(label)
         return records, labels

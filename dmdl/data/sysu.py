@@ -19,44 +19,66 @@ import os
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from .records import INFRARED, VISIBLE, ImageRecord
+from .records import INFRARED, VISIBLE, ImageRecord, report
 from .regdb import CameraIndex, VIReIDDataset
 
 __all__ = ["SYSUMM01", "SYSU_RGB_CAMS", "SYSU_IR_CAMS", "SYSU_INDOOR_CAMS",
-           "read_id_list", "list_image_files", "collect_camera_folders"]
+           "read_id_list", "parse_id_list", "list_image_files", "collect_camera_folders"]
 
 SYSU_RGB_CAMS = (1, 2, 4, 5)
 SYSU_INDOOR_CAMS = (1, 2)
 SYSU_IR_CAMS = (3, 6)
 
 
-def read_id_list(path: Path) -> List[int]:
-    """Parse an id file: comma-separated integers (zero padding allowed).
+def parse_id_list(text: str, origin: str = "id list") -> List[int]:
+    """Ids of an id-list text: comma-separated non-negative integers (zero padding allowed).
 
-    Whitespace around ids and a trailing comma are tolerated; ids may span
-    several lines.  Raises FileNotFoundError if missing, ValueError if empty
-    or holding a non-integer token (message names file and line).
+    Whitespace around ids and a trailing comma per line are tolerated; ids may span
+    several lines.
+
+    Raises:
+        ValueError: a token that is not a non-negative integer (message: ``origin:line``),
+            or no id at all.
+    """
+    ids: List[int] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        tokens = [t.strip() for t in raw.strip().split(",")]
+        if tokens and tokens[-1] == "":
+            tokens = tokens[:-1]
+        if tokens == [] or tokens == [""]:
+            continue
+        for tok in tokens:
+            if not (tok.isascii() and tok.isdigit()):
+                raise ValueError(
+                    f"{origin}:{lineno}: malformed id list, token {tok!r} is not "
+                    "a non-negative integer")
+            ids.append(int(tok))
+    if not ids:
+        raise ValueError(f"{origin}: id list is empty")
+    return ids
+
+
+def read_id_list(path: Path) -> List[int]:
+    """Parse an id file (see :func:`parse_id_list`).
+
+    Raises FileNotFoundError if missing, ValueError if empty or holding a
+    non-integer token (message names file and line).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"id list not found: {path}")
-    ids: List[int] = []
-    with open(path, "r", encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            tokens = [t.strip() for t in raw.strip().split(",")]
-            if tokens and tokens[-1] == "":
-                tokens = tokens[:-1]
-            if tokens == [] or tokens == [""]:
-                continue
-            for tok in tokens:
-                if not tok.isdigit():
-                    raise ValueError(
-                        f"{path}:{lineno}: malformed id list, token {tok!r} is not "
-                        "a non-negative integer")
-                ids.append(int(tok))
-    if not ids:
-        raise ValueError(f"{path}: id list is empty")
-    return ids
+    return parse_id_list(path.read_text(encoding="utf-8", errors="replace"), str(path))
+
+
+def _read_ids(path: Path, problems) -> List[int]:
+    """:func:`read_id_list`, or [] with the problem recorded (collecting mode)."""
+    try:
+        return read_id_list(path)
+    except FileNotFoundError as exc:
+        report(problems, "missing id list", path, str(exc), missing=True)
+    except ValueError as exc:
+        report(problems, "malformed id list", path, str(exc))
+    return []
 
 
 def list_image_files(folder: str) -> List[str]:
@@ -92,35 +114,47 @@ class SYSUMM01(VIReIDDataset):
 
     Raises:
         FileNotFoundError: root missing; no ``exp/`` under root or
-            root/ori_data; a missing ``train_id/val_id/test_id.txt``; none
-            of the ``cam1..cam6`` folders present.
+            root/ori_data; a missing ``train_id/val_id/test_id.txt``; a missing
+            camera folder ``cam1`` .. ``cam6``.
         ValueError: a malformed id list.
+
+    With ``problems`` (a list), problems are appended to it instead of raised (see
+    :class:`~dmdl.data.regdb.RegDB`).
     """
 
     name = "sysu"
 
-    def __init__(self, root) -> None:
+    def __init__(self, root, *, problems: list | None = None) -> None:
         super().__init__()
         self.root = Path(root).expanduser().resolve()
+        self.train_ids_, self.val_ids, self.test_ids_ = [], [], []
+        self.cameras: Tuple[int, ...] = ()
+        self.data_dir = self.root
         if not self.root.is_dir():
-            raise FileNotFoundError(f"SYSU-MM01 root not found: {self.root}")
+            report(problems, "missing root", self.root, f"SYSU-MM01 root not found: {self.root}", missing=True)
+            return
         candidates = [self.root, self.root / "ori_data"]
         for cand in candidates:
             if (cand / "exp").is_dir():
                 self.data_dir = cand
                 break
         else:
-            raise FileNotFoundError(
-                "SYSU-MM01 'exp' folder not found; looked in "
-                + " and ".join(str(c / "exp") for c in candidates))
+            report(problems, "missing folder", self.root / "exp",
+                   "SYSU-MM01 'exp' folder not found; looked in "
+                   + " and ".join(str(c / "exp") for c in candidates), missing=True)
+            return
         exp = self.data_dir / "exp"
-        train = read_id_list(exp / "train_id.txt")
-        val = read_id_list(exp / "val_id.txt")
-        test = read_id_list(exp / "test_id.txt")
-        cams = [k for k in range(1, 7) if (self.data_dir / f"cam{k}").is_dir()]
-        if not cams:
-            raise FileNotFoundError(
-                f"SYSU-MM01: no camera folders cam1..cam6 in {self.data_dir}")
+        train = _read_ids(exp / "train_id.txt", problems)
+        val = _read_ids(exp / "val_id.txt", problems)
+        test = _read_ids(exp / "test_id.txt", problems)
+        cams = []
+        for k in range(1, 7):
+            if (self.data_dir / f"cam{k}").is_dir():
+                cams.append(k)
+            else:
+                report(problems, "missing folder", self.data_dir / f"cam{k}",
+                       f"SYSU-MM01 camera folder not found: {self.data_dir / f'cam{k}'} "
+                       "(the dataset has cam1..cam6)", missing=True)
         self.cameras = tuple(cams)
         self.train_ids_ = sorted(set(train) | set(val))
         self.val_ids = sorted(set(val))

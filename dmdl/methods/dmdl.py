@@ -57,6 +57,7 @@ from dmdl.losses import cai_loss, mmd_loss, refined_targets, topk_prediction, tr
 from dmdl.memories import MODALITIES, CrossModalMemory
 from dmdl.models.ghost_bn import dataparallel_order
 from dmdl.pseudo_labels import associate, certainty, cluster_features, nearest_sample_matching
+from dmdl.pseudo_labels.clustering import NoClustersError
 
 
 def _other(modality: str) -> str:
@@ -117,8 +118,13 @@ class DMDL:
         labels, stats = {}, {}
         for m in MODALITIES:
             k1 = cfg.k1_mapped if (stage == 2 and cfg.k1_mapped and m != anchor) else cfg.k1
-            labels[m] = cluster_features(feats[m], k1=k1, k2=cfg.k2, eps=cfg.eps, min_samples=cfg.min_samples,
-                                         renormalize=False, name=f"{m} training features")
+            try:
+                labels[m] = cluster_features(feats[m], k1=k1, k2=cfg.k2, eps=cfg.eps, min_samples=cfg.min_samples,
+                                             renormalize=False, name=f"{m} training features")
+            except NoClustersError:
+                labels[m] = np.full(len(feats[m]), -1, dtype=np.int64)  # the guard below says what to do
+            if hasattr(eng, "check_clusters"):  # stops on no / one cluster, warns on many outliers
+                eng.check_clusters(stage, epoch, m, labels[m], k1)
             stats[f"clusters_{m}"] = int(labels[m].max() + 1)
             stats[f"outliers_{m}"] = int((labels[m] < 0).sum())
             stats[f"ari_{m}"] = eng.label_quality((m,), labels[m])
@@ -199,6 +205,9 @@ class DMDL:
         t2 = time.time()
 
         seed = cfg.seed * 100003 + stage * 1000 + epoch
+        self.last_plan = plan  # for the checkpoint (see checkpoint_state)
+        self.last_sampler = {"seeds": {m: seed + 1 + i for i, m in enumerate(MODALITIES)}, "batches": cfg.iters,
+                             "paired": plan.inter}
         order = shared_identity_order(plan.labels["visible"], plan.labels["infrared"], seed) if plan.inter else None
         loaders, kept, iters = {}, {}, {}
         for i, m in enumerate(MODALITIES):
@@ -217,10 +226,13 @@ class DMDL:
         eng.model.train()
         sums: dict[str, float] = {}
         bar = tqdm(range(cfg.iters), desc=f"stage {stage} epoch {epoch}", leave=False, dynamic_ncols=True)
-        for _ in bar:
+        for it in bar:
             batch = {m: next_batch(m) for m in MODALITIES}
             certainty_batch = {m: kept[m][batch[m][3]] for m in MODALITIES}
-            parts = self.step(batch, certainty_batch, plan)
+            try:
+                parts = self.step(batch, certainty_batch, plan)
+            except FloatingPointError as exc:  # name the iteration too
+                raise FloatingPointError(f"iteration {it + 1}/{cfg.iters} of {exc}") from None
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{parts['loss']:.3f}")
@@ -229,6 +241,25 @@ class DMDL:
         stats["seconds_clustering"] = round(t2 - t1, 1)
         stats["seconds_training"] = round(time.time() - t2, 1)
         return stats
+
+    def checkpoint_state(self) -> dict:
+        """The last epoch's pseudo-labels, memories (as built and updated by its steps) and
+        sampler seeds, for the engine's checkpoint. Resuming does not need them (an epoch
+        rebuilds its labels and memories from the model's features); they record what the
+        epoch trained on."""
+        plan = getattr(self, "last_plan", None)
+        if plan is None:
+            return {}
+        mem = plan.memory
+        return {
+            "pseudo_labels": {m: np.asarray(plan.labels[m]).copy() for m in MODALITIES},
+            "memories": {
+                "features": {k: v.features.detach().cpu().clone() for k, v in mem.memories.items()},
+                "id_to_row": {k: v.detach().cpu().clone() for k, v in mem.id_to_row.items()},
+                "prior": dict(mem.prior), "num_ids": mem.num_ids,
+            },
+            "sampler": dict(self.last_sampler),
+        }
 
     # ------------------------------------------------------------------ one step
     def _targets(self, plan: EpochPlan, name: str, f: torch.Tensor, y: torch.Tensor, w: torch.Tensor,

@@ -22,6 +22,8 @@ import torch.nn as nn
 import torchvision
 from torch import Tensor
 
+from dmdl.errors import WeightsError
+
 from .layers import GeM, NonLocalBlock, bn_neck, embed
 
 __all__ = ["AGW", "LoadReport", "build_model", "load_pretrained", "ARCHS"]
@@ -376,7 +378,7 @@ def load_pretrained(
         try:
             state = _download_state_dict(weights)
         except OSError as err:  # URLError, timeouts, connection errors
-            raise RuntimeError(
+            raise WeightsError(
                 f"could not download ImageNet weights for {model.arch} from {url} ({err}). "
                 f"If this machine is offline, download {url} elsewhere and pass "
                 f"--pretrained /path/to/file.pth (or put the file at {cache})"

