@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
@@ -44,8 +45,21 @@ def dbscan_labels(distances, eps: float, min_samples: int = 4) -> np.ndarray:
             distances = to_scipy_csr(distances)
         else:
             distances = distances.detach().cpu().numpy()
+    if sp.issparse(distances):
+        distances = _within(sp.csr_matrix(distances), eps)
     model = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=1)
     return model.fit_predict(distances).astype(np.int64)
+
+
+def _within(graph: "sp.csr_matrix", eps: float) -> "sp.csr_matrix":
+    """The stored pairs with d <= eps (stored zeros kept): DBSCAN reads nothing else, and the
+    Jaccard graph of real features keeps most of its pairs between eps and 1."""
+    keep = graph.data <= eps
+    rows = np.repeat(np.arange(graph.shape[0]), np.diff(graph.indptr))
+    counts = np.bincount(rows[keep], minlength=graph.shape[0])
+    indptr = np.zeros(graph.shape[0] + 1, dtype=graph.indptr.dtype)
+    np.cumsum(counts, out=indptr[1:])
+    return sp.csr_matrix((graph.data[keep], graph.indices[keep], indptr), shape=graph.shape)
 
 
 def cluster_features(
