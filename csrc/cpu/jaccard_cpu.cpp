@@ -117,50 +117,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> jaccard_sparse_cpu(const at::Tens
   ecol.reset();
   ewt.reset();
 
-  // 4. inverted index (column -> rows) and the sparse min-plus product, row by row into
-  //    per-chunk buffers (a dense accumulator of N floats per chunk, reset where touched).
+  // 4. inverted index (column -> rows) and the sparse min-plus product. Two passes over the rows
+  //    (count, then fill the exactly sized CSR): the product is cheap next to the kNN, and the
+  //    output is never held twice. Per task, a dense accumulator of N floats and a bitmap of the
+  //    touched columns, both reset as they are read.
   auto inv = host::csr_transpose(ptr, qcol, qval, n);
   const int64_t* cptr = std::get<0>(inv).data_ptr<int64_t>();
   const int32_t* irow = std::get<1>(inv).data_ptr<int32_t>();
   const float* ival = std::get<2>(inv).data_ptr<float>();
-  constexpr int64_t kChunk = 128;
-  const int64_t nchunks = (n + kChunk - 1) / kChunk;
-  std::vector<std::vector<int32_t>> chunk_col(nchunks);
-  std::vector<std::vector<float>> chunk_val(nchunks);
-  at::Tensor rcnt = at::empty({n}, opt_l);
-  int64_t* rcntp = rcnt.data_ptr<int64_t>();
-  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
-    std::vector<float> acc(n, 0.f);
-    const int64_t words = (n + 63) / 64;
-    std::vector<uint64_t> touched(words, 0);
-    for (int64_t c = cb; c < ce; ++c) {
-      std::vector<int32_t>& oc = chunk_col[c];
-      std::vector<float>& ov = chunk_val[c];
-      for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
-        for (int64_t p = ptrp[i]; p < ptrp[i + 1]; ++p) {
-          accumulate_column_bits(qvalp[p], irow, ival, cptr[qcolp[p]], cptr[qcolp[p] + 1], acc.data(), touched.data());
-        }
-        // touched columns in ascending order: set bits word by word
-        int64_t kept = 0;
-        for (int64_t w = 0; w < words; ++w) {
-          uint64_t bits = touched[w];
-          if (bits == 0) continue;
-          touched[w] = 0;
-          while (bits) {
-            const int32_t j = static_cast<int32_t>(w * 64 + __builtin_ctzll(bits));
-            bits &= bits - 1;
-            const float dist = jaccard_from_overlap(acc[j]);
-            acc[j] = 0.f;
-            if (stored_distance(dist)) {
-              oc.push_back(j);
-              ov.push_back(dist);
-              ++kept;
-            }
+  const int64_t words = (n + 63) / 64;
+  // Row i's stored pairs, columns ascending; with out_col == nullptr only counted.
+  auto min_plus_row = [&](int64_t i, float* acc, uint64_t* touched, int32_t* out_col, float* out_val) -> int64_t {
+    for (int64_t p = ptrp[i]; p < ptrp[i + 1]; ++p) {
+      accumulate_column_bits(qvalp[p], irow, ival, cptr[qcolp[p]], cptr[qcolp[p] + 1], acc, touched);
+    }
+    int64_t kept = 0;
+    for (int64_t w = 0; w < words; ++w) {  // touched columns in ascending order, word by word
+      uint64_t bits = touched[w];
+      if (bits == 0) continue;
+      touched[w] = 0;
+      while (bits) {
+        const int32_t j = static_cast<int32_t>(w * 64 + __builtin_ctzll(bits));
+        bits &= bits - 1;
+        const float dist = jaccard_from_overlap(acc[j]);
+        acc[j] = 0.f;
+        if (stored_distance(dist)) {
+          if (out_col != nullptr) {
+            out_col[kept] = j;
+            out_val[kept] = dist;
           }
+          ++kept;
         }
-        rcntp[i] = kept;
       }
     }
+    return kept;
+  };
+  at::Tensor rcnt = at::empty({n}, opt_l);
+  int64_t* rcntp = rcnt.data_ptr<int64_t>();
+  at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
+    std::vector<float> acc(n, 0.f);
+    std::vector<uint64_t> touched(words, 0);
+    for (int64_t i = b; i < e; ++i) rcntp[i] = min_plus_row(i, acc.data(), touched.data(), nullptr, nullptr);
   });
   at::Tensor crow = at::zeros({n + 1}, opt_l);
   crow.narrow(0, 1, n).copy_(at::cumsum(rcnt, 0));
@@ -169,12 +166,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> jaccard_sparse_cpu(const at::Tens
   at::Tensor val = at::empty({crowp[n]}, features.options());
   int32_t* colp = col.data_ptr<int32_t>();
   float* valp = val.data_ptr<float>();
-  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) {
-      const int64_t off = crowp[c * kChunk];
-      std::copy(chunk_col[c].begin(), chunk_col[c].end(), colp + off);
-      std::copy(chunk_val[c].begin(), chunk_val[c].end(), valp + off);
-    }
+  at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
+    std::vector<float> acc(n, 0.f);
+    std::vector<uint64_t> touched(words, 0);
+    for (int64_t i = b; i < e; ++i) min_plus_row(i, acc.data(), touched.data(), colp + crowp[i], valp + crowp[i]);
   });
   return {crow, col, val};
 }
