@@ -417,3 +417,28 @@ def test_missing_extension_raises_import_error(monkeypatch):
     monkeypatch.setattr(_library, "_error", ImportError("simulated"))
     with pytest.raises(ImportError, match="pip install --no-build-isolation"):
         jaccard_distance(clustered_features(10), 3, 2)
+
+
+def test_dbscan_graph_pruning_keeps_exactly_the_pairs_within_eps():
+    import scipy.sparse as sp
+
+    from dmdl.pseudo_labels.clustering import _within
+
+    rng = np.random.default_rng(0)
+    d = rng.random((50, 50))
+    d[rng.random((50, 50)) < 0.5] = 0
+    d[[0, 3], :] = 0  # empty rows, also the first
+    d[45:, :] = 0  # and trailing ones
+    g = sp.csr_matrix(d)
+    g.data[::7] = 0.0  # stored zeros: distances of 0, which must stay
+    rows = np.repeat(np.arange(50), np.diff(g.indptr))
+    expected = np.full((50, 50), np.nan)
+    inside = g.data <= 0.4
+    expected[rows[inside], g.indices[inside]] = g.data[inside]
+    for block in (7, 4096):
+        w = _within(g, 0.4, block=block)
+        got = np.full((50, 50), np.nan)
+        w_rows = np.repeat(np.arange(50), np.diff(w.indptr))
+        got[w_rows, w.indices] = w.data
+        np.testing.assert_array_equal(got, expected)
+        assert int((w.data == 0).sum()) == int((g.data == 0).sum())

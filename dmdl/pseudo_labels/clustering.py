@@ -51,15 +51,22 @@ def dbscan_labels(distances, eps: float, min_samples: int = 4) -> np.ndarray:
     return model.fit_predict(distances).astype(np.int64)
 
 
-def _within(graph: "sp.csr_matrix", eps: float) -> "sp.csr_matrix":
+def _within(graph: "sp.csr_matrix", eps: float, block: int = 4096) -> "sp.csr_matrix":
     """The stored pairs with d <= eps (stored zeros kept): DBSCAN reads nothing else, and the
-    Jaccard graph of real features keeps most of its pairs between eps and 1."""
-    keep = graph.data <= eps
-    rows = np.repeat(np.arange(graph.shape[0]), np.diff(graph.indptr))
-    counts = np.bincount(rows[keep], minlength=graph.shape[0])
-    indptr = np.zeros(graph.shape[0] + 1, dtype=graph.indptr.dtype)
-    np.cumsum(counts, out=indptr[1:])
-    return sp.csr_matrix((graph.data[keep], graph.indices[keep], indptr), shape=graph.shape)
+    Jaccard graph of real features keeps most of its pairs between eps and 1. Rows are filtered
+    in blocks, so the temporaries stay small next to the graph."""
+    n = graph.shape[0]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    cols, vals = [], []
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        lo, hi = graph.indptr[r0], graph.indptr[r1]
+        keep = graph.data[lo:hi] <= eps
+        cols.append(graph.indices[lo:hi][keep])
+        vals.append(graph.data[lo:hi][keep])
+        kept_before = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
+        indptr[r0 + 1 : r1 + 1] = indptr[r0] + kept_before[graph.indptr[r0 + 1 : r1 + 1] - lo]
+    return sp.csr_matrix((np.concatenate(vals), np.concatenate(cols), indptr), shape=graph.shape)
 
 
 def cluster_features(
