@@ -135,7 +135,7 @@ void canonical_rows(const float* x, int64_t d, int64_t n, const double* sqd, con
         for (int64_t q = q0; q < q1; ++q) {
           const int64_t s = q - q0;
           const double c = canonical(sqd[j], dot_partial_d(x + rows[q] * d, xj, d, 0, 1));
-          cnt[s] = topk_push_d(kd.data() + s * k, kj.data() + s * k, cnt[s], k, c, static_cast<int32_t>(j));
+          cnt[s] = topk_push(kd.data() + s * k, kj.data() + s * k, cnt[s], k, c, static_cast<int32_t>(j));
         }
       }
       for (int64_t q = q0; q < q1; ++q) {

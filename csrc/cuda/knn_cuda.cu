@@ -12,7 +12,7 @@
 //      and checks certified(knn_delta(...)). Failed rows go to a device list (atomic counter).
 //   4. failed rows (one synchronisation to read their count): a wider candidate pass
 //      (k + 2 margin + 8, fp32 GEMM, kTF32 bound), then a canonical scan of every column (a block
-//      per group of failed rows, a warp per column, double dots, running top-k by topk_push_d).
+//      per group of failed rows, a warp per column, double dots, running top-k by topk_push).
 // stats = (rows redone by the wider pass, rows redone canonically).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Exact k nearest of the failed rows rows[0:m] by a canonical scan of every column. A block per
 // group of kScanRows rows; warp w takes the columns j = w, w + kWarps, ... and keeps, in lane 0,
-// a running top-k per row (topk_push_d; (value, index) is a strict order, so the split over warps
+// a running top-k per row (topk_push; (value, index) is a strict order, so the split over warps
 // does not change the result); warp r then merges row r's kWarps lists. Scratch kd/kj: per block,
 // kScanRows x (kWarps + 1) lists of k.
 __global__ void __launch_bounds__(kThreads)
@@ -138,7 +138,7 @@ __global__ void __launch_bounds__(kThreads)
           const double dot = warp_dot_d(xi, xj, d, lane);
           if (lane == 0) {
             const int64_t off = (static_cast<int64_t>(r) * (kWarps + 1) + warp) * list;
-            cnt[r] = topk_push_d(bkd + off, bkj + off, cnt[r], k, canonical(sqj, dot), static_cast<int32_t>(j));
+            cnt[r] = topk_push(bkd + off, bkj + off, cnt[r], k, canonical(sqj, dot), static_cast<int32_t>(j));
           }
         }
       }
@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(kThreads)
       int c = 0;
       for (int w = 0; w < kWarps; ++w) {
         const int64_t off = (static_cast<int64_t>(r) * (kWarps + 1) + w) * list;
-        for (int e = 0; e < counts[r][w]; ++e) c = topk_push_d(bkd + fin, bkj + fin, c, k, bkd[off + e], bkj[off + e]);
+        for (int e = 0; e < counts[r][w]; ++e) c = topk_push(bkd + fin, bkj + fin, c, k, bkd[off + e], bkj[off + e]);
       }
     }
     __syncthreads();

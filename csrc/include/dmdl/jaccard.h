@@ -24,18 +24,7 @@
 #include <cstdint>
 #include <tuple>
 
-#if defined(__CUDACC__)
-#define DMDL_HOST_DEVICE __host__ __device__
-#else
-#define DMDL_HOST_DEVICE
-#endif
-
-// Vectorise the float reduction of dot_row on the host (OpenMP simd, no -ffast-math needed).
-#if defined(_OPENMP) && !defined(__CUDA_ARCH__)
-#define DMDL_SIMD_SUM_S _Pragma("omp simd reduction(+ : s)")
-#else
-#define DMDL_SIMD_SUM_S
-#endif
+#include "dmdl/host_device.h"
 
 namespace dmdl {
 namespace jaccard {

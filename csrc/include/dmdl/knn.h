@@ -26,17 +26,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#if defined(__CUDACC__)
-#define DMDL_HOST_DEVICE __host__ __device__
-#else
-#define DMDL_HOST_DEVICE
-#endif
-
-#if defined(_OPENMP) && !defined(__CUDA_ARCH__)
-#define DMDL_SIMD_SUM_D _Pragma("omp simd reduction(+ : s)")
-#else
-#define DMDL_SIMD_SUM_D
-#endif
+#include "dmdl/host_device.h"
 
 namespace dmdl {
 namespace knn {
@@ -47,12 +37,15 @@ namespace knn {
 enum Precision : int { kFP32 = 0, kTF32 = 1, kBF16 = 2, kFAISS = 3 };
 
 // (d, j) < (e, l) lexicographically: the order of the neighbour lists.
-DMDL_HOST_DEVICE inline bool before(float d, int32_t j, float e, int32_t l) { return d < e || (d == e && j < l); }
-DMDL_HOST_DEVICE inline bool before_d(double d, int32_t j, double e, int32_t l) { return d < e || (d == e && j < l); }
+template <typename T>
+DMDL_HOST_DEVICE inline bool before(T d, int32_t j, T e, int32_t l) {
+  return d < e || (d == e && j < l);
+}
 
 // Inserts (d, j) into the sorted list kd/kj of cnt <= k entries, keeping the k smallest;
-// returns the new count. Callers may first reject with `cnt == k && !(d <= kd[k - 1])`.
-DMDL_HOST_DEVICE inline int topk_push(float* kd, int32_t* kj, int cnt, int k, float d, int32_t j) {
+// returns the new count. T: float (approximate values) or double (canonical ones).
+template <typename T>
+DMDL_HOST_DEVICE inline int topk_push(T* kd, int32_t* kj, int cnt, int k, T d, int32_t j) {
   int pos;
   if (cnt == k) {
     if (!before(d, j, kd[k - 1], kj[k - 1])) return cnt;
@@ -61,25 +54,6 @@ DMDL_HOST_DEVICE inline int topk_push(float* kd, int32_t* kj, int cnt, int k, fl
     pos = cnt++;
   }
   while (pos > 0 && before(d, j, kd[pos - 1], kj[pos - 1])) {
-    kd[pos] = kd[pos - 1];
-    kj[pos] = kj[pos - 1];
-    --pos;
-  }
-  kd[pos] = d;
-  kj[pos] = j;
-  return cnt;
-}
-
-// Same in double (the canonical values).
-DMDL_HOST_DEVICE inline int topk_push_d(double* kd, int32_t* kj, int cnt, int k, double d, int32_t j) {
-  int pos;
-  if (cnt == k) {
-    if (!before_d(d, j, kd[k - 1], kj[k - 1])) return cnt;
-    pos = k - 1;
-  } else {
-    pos = cnt++;
-  }
-  while (pos > 0 && before_d(d, j, kd[pos - 1], kj[pos - 1])) {
     kd[pos] = kd[pos - 1];
     kj[pos] = kj[pos - 1];
     --pos;
@@ -109,7 +83,7 @@ DMDL_HOST_DEVICE inline int topk_scan(const float* g, const float* sqcol, int64_
 DMDL_HOST_DEVICE inline double dot_partial_d(const float* a, const float* b, int64_t d, int64_t begin, int64_t step) {
   double s = 0.0;
   if (step == 1) {
-    DMDL_SIMD_SUM_D
+    DMDL_SIMD_SUM_S
     for (int64_t t = begin; t < d; ++t) s += static_cast<double>(a[t]) * static_cast<double>(b[t]);
   } else {
     for (int64_t t = begin; t < d; t += step) s += static_cast<double>(a[t]) * static_cast<double>(b[t]);
@@ -148,7 +122,7 @@ DMDL_HOST_DEVICE inline void sort_pairs_d(double* cd, int32_t* cj, int n) {
     const double d = cd[a];
     const int32_t j = cj[a];
     int p = a;
-    while (p > 0 && before_d(d, j, cd[p - 1], cj[p - 1])) {
+    while (p > 0 && before(d, j, cd[p - 1], cj[p - 1])) {
       cd[p] = cd[p - 1];
       cj[p] = cj[p - 1];
       --p;

@@ -17,14 +17,13 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "dmdl/host_device.h"
+
 #if defined(__CUDACC__)
-#define DMDL_HOST_DEVICE __host__ __device__
 #define DMDL_INLINE __forceinline__
 #elif defined(__GNUC__)
-#define DMDL_HOST_DEVICE
 #define DMDL_INLINE inline __attribute__((always_inline))  // into callers compiled for AVX2
 #else
-#define DMDL_HOST_DEVICE
 #define DMDL_INLINE inline
 #endif
 
