@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import List, Tuple
 
-from .records import INFRARED, VISIBLE, ImageRecord, report
+from .records import INFRARED, VISIBLE, ImageRecord, report, split_idx_line
 from .regdb import CameraIndex, VIReIDDataset
 from .sysu import _read_ids, collect_camera_folders
 
@@ -43,15 +43,7 @@ def parse_llcm_line(line: str, folder: str) -> Tuple[List[str], int, int]:
     Raises:
         ValueError: why the line is malformed (the caller adds file and line number).
     """
-    fields = line.split()
-    if len(fields) != 2:
-        raise ValueError("expected '<relative path> <label>'")
-    rel, label_s = fields
-    try:
-        label = int(label_s)
-    except ValueError:
-        raise ValueError("label is not an integer") from None
-    parts = rel.replace("\\", "/").split("/")
+    parts, label = split_idx_line(line)
     if len(parts) != 3 or parts[0] != folder or not (parts[1].isascii() and parts[1].isdigit()):
         raise ValueError(f"path is not '{folder}/<pid4>/<file>'")
     m = _CAM_FIELD.search(parts[2])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import List, NamedTuple, Tuple
 
 VISIBLE = "visible"
 INFRARED = "infrared"
@@ -55,3 +55,21 @@ def report(problems, kind: str, path, message: str, missing: bool = False) -> No
     if problems is None:
         raise p.exception()
     problems.append(p)
+
+
+def split_idx_line(line: str) -> Tuple[List[str], int]:
+    """``"<relative path> <label>"`` (a RegDB or LLCM idx line) -> (path parts, label);
+    backslashes count as slashes.
+
+    Raises:
+        ValueError: why the line is malformed (the caller adds file and line number).
+    """
+    fields = line.split()
+    if len(fields) != 2:
+        raise ValueError("expected '<relative path> <label>'")
+    rel, label_s = fields
+    try:
+        label = int(label_s)
+    except ValueError:
+        raise ValueError("label is not an integer") from None
+    return rel.replace("\\", "/").split("/"), label

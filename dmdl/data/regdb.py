@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Tuple
 
-from .records import INFRARED, VISIBLE, ImageRecord, report
+from .records import INFRARED, VISIBLE, ImageRecord, report, split_idx_line
 
 __all__ = ["VIReIDDataset", "RegDB", "REGDB_TRIALS", "parse_regdb_line"]
 
@@ -126,15 +126,7 @@ def parse_regdb_line(line: str, folder: str) -> Tuple[List[str], int, int]:
     Raises:
         ValueError: why the line is malformed (the caller adds file and line number).
     """
-    fields = line.split()
-    if len(fields) != 2:
-        raise ValueError("expected '<relative path> <label>'")
-    rel, label_s = fields
-    try:
-        label = int(label_s)
-    except ValueError:
-        raise ValueError("label is not an integer") from None
-    parts = rel.replace("\\", "/").split("/")
+    parts, label = split_idx_line(line)
     if len(parts) != 3 or parts[0] != folder:
         raise ValueError(f"path is not '{folder}/<pid>/<file>'")
     if not (parts[1].isascii() and parts[1].isdigit()):
