@@ -1,20 +1,24 @@
 """Hot loops of dmdl: pure-PyTorch references and the compiled kernels behind the same API.
 
-``jaccard_distance`` runs the compiled op ``torch.ops.dmdl.jaccard_distance`` (built
-into ``dmdl._C``); ``jaccard_distance_reference`` is the plain PyTorch version it is tested against.
+``knn`` is the exact k-nearest-neighbour search (``torch.ops.dmdl.knn``, built into ``dmdl._C``);
+``jaccard_distance`` the k-reciprocal Jaccard distance on top of it (``torch.ops.dmdl.jaccard_sparse``,
+a sparse CSR by default; ``to_scipy_csr`` hands it to scikit-learn), with
+``jaccard_distance_reference`` the plain PyTorch version it is tested against.
 ``memory_loss`` and ``momentum_update_`` are the cluster-memory step (contrastive loss with its
 feature gradient; sequential momentum update): C++ ops on the CPU, Triton kernels on CUDA, with
 ``memory_loss_reference`` / ``momentum_update_reference`` as their pure-PyTorch references;
 ``ClusterMemory`` is the memory bank built on them.
 """
 
-from .jaccard import jaccard_distance, jaccard_distance_reference
+from .jaccard import jaccard_distance, jaccard_distance_reference, knn, to_scipy_csr
 from .memory import (ClusterMemory, cluster_centroids, memory_loss, memory_loss_reference, momentum_update_,
                      momentum_update_reference)
 
 __all__ = [
     "jaccard_distance",
     "jaccard_distance_reference",
+    "knn",
+    "to_scipy_csr",
     "memory_loss",
     "memory_loss_reference",
     "momentum_update_",
