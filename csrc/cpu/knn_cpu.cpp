@@ -256,8 +256,7 @@ std::tuple<at::Tensor, at::Tensor> knn_refine_cpu(const at::Tensor& features, co
   const int kc = static_cast<int>(candidates.size(1));
   TORCH_CHECK(k >= 1 && k <= kc, kOpRefine, ": `k` must be in [1, kc] = [1, ", kc, "], got ", k);
   const int32_t* cj = candidates.data_ptr<int32_t>();
-  const int64_t bad = at::logical_or(candidates.lt(0), candidates.ge(n)).sum().item<int64_t>();
-  TORCH_CHECK(bad == 0, kOpRefine, ": `candidates` holds ", bad, " indices outside [0, N) = [0, ", n, ")");
+  host::check_index_range(candidates, n, kOpRefine, "candidates");
   TORCH_CHECK(at::isfinite(approx).all().item<bool>(), kOpRefine, ": `approx` must be finite");
   const float* x = features.data_ptr<float>();
   std::vector<float> sqf(n);

@@ -28,9 +28,15 @@ inline void check_features(const at::Tensor& features, const char* op, c10::Devi
   TORCH_CHECK(n < std::numeric_limits<int32_t>::max(), op, ": N = ", n, " rows is too many (int32 indices)");
 }
 
-// rank: [N, k1] int32 neighbour lists (row i nearest first) on the device of features.
-// The values are not read here (that would synchronise a GPU); kernels clamp nothing, so
-// callers pass lists produced by dmdl::knn or validated in Python.
+// Every value of the int32 index tensor `idx` (argument `name`) lies in [0, n). The kernels index
+// with these values unchecked, so this reads them (one device-to-host sync on a GPU).
+inline void check_index_range(const at::Tensor& idx, int64_t n, const char* op, const char* name) {
+  const int64_t bad = at::logical_or(idx.lt(0), idx.ge(n)).sum().item<int64_t>();
+  TORCH_CHECK(bad == 0, op, ": `", name, "` holds ", bad, " indices outside [0, N) = [0, ", n, ")");
+}
+
+// rank: [N, k1] int32 neighbour lists (row i nearest first) on the device of features, every
+// index in [0, N).
 inline void check_rank(const at::Tensor& rank, const at::Tensor& features, const char* op) {
   TORCH_CHECK(rank.device() == features.device(), op, ": `rank` must be on the device of `features` (",
               features.device(), "), got ", rank.device());
@@ -40,6 +46,7 @@ inline void check_rank(const at::Tensor& rank, const at::Tensor& features, const
   TORCH_CHECK(rank.is_contiguous(), op, ": `rank` must be contiguous");
   TORCH_CHECK(rank.size(1) >= 1 && rank.size(1) <= features.size(0), op, ": `rank` must have 1 <= k1 <= N columns, got ",
               rank.size(1));
+  check_index_range(rank, features.size(0), op, "rank");
 }
 
 // k in [1, N] and margin >= 0 (dmdl::knn on every backend).
