@@ -406,3 +406,8 @@ def refined_targets(labels: Tensor, certainty: Tensor, swapped_prediction: Tenso
     w = certainty.detach().to(device=pred.device, dtype=pred.dtype).unsqueeze(1)  # (B, 1)
     onehot = F.one_hot(labels.to(pred.device), num_classes).to(pred.dtype)
     return w * onehot + (1.0 - w) * pred
+
+
+from .oclr import oclr_loss  # noqa: E402  (MULT's loss, its own module)
+
+__all__ += ["oclr_loss"]
