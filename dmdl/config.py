@@ -45,10 +45,13 @@ class Config:
     stage1_epochs: int = 30
     stage2_epochs: int = 30
     iters: int = 100
+    iters_stage2: int = 0  # iterations per stage-2 epoch; 0 = iters (MULT on SYSU: 300 then 200)
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
     step_size: int = 20
     gamma: float = 0.1
+    lr_milestones: str = ""  # "20,60,80": epochs counted over both stages (stage 1 first) where the LR is
+    #                          multiplied by gamma, instead of StepLR(step_size) per stage (MULT's schedule)
 
     # sampler (algorithm.md §A4.2): per-modality batch = num_ids * num_instances, each image in
     # two views (§A3), so one step sees 4 * batch_size images
@@ -75,7 +78,8 @@ class Config:
     eps: float = 0.3
     min_samples: int = 4
     renormalize: str = "stage2"  # L2-renormalise flip-averaged features: "always", "never", "stage2"
-    association: str = "imca"
+    feature_flip: bool = True  # average each clustering feature with its flipped image (MULT: no flip)
+    association: str = "imca"  # DMDL stage 2: "imca", "hungarian", "ot" or "mult" (MULT's label transfer)
     matching: str = "cluster"  # "cluster": iMCA every epoch; "regdb-cycle": sample-level on epoch % 5 >= 2
     cross_weight: float = 0.0  # weight of a non-DMDL stage-2 cross-memory term (0 = off; PGM: 0.25)
     cross_memory: str = "anchor"  # "anchor": PGM's mapped-vs-anchor memory; "shared": RGB+IR centroids
@@ -96,6 +100,15 @@ class Config:
     swap_predictions: bool = True  # False: each view's own prediction ("w/o exchange", Fig. 5)
     adaptive_momentum: bool = True  # shared memory eta_x = 0.2/max(q, 0.2); False: fixed `momentum`
     inter_modality_from: int = 25  # first stage-2 epoch with paired-identity batches (-1: never)
+
+    # MULT (algorithm.md Part B; method: mult, and DMDL's association "mult")
+    mult_alpha: float = 0.2  # weight of the initial labels in the label propagation (§B3 step 4)
+    mult_beta: float = 0.7  # soft labels: beta onehot(argmax y) + (1 - beta) y (§B3 step 6)
+    mult_lambda: float = 25.0  # Sinkhorn kernel exp(-lambda |f - c|^2) (§B3 step 2-3)
+    cross_affinity: str = "dense"  # heterogeneous affinity: "dense" Sinkhorn plan (MULT) or "knn" (sparse)
+    cross_k: int = 30  # neighbours per row of the "knn" heterogeneous affinity
+    oclr_sharpen: float = 0.2  # OCLR target temperature (§B4)
+    lambda_oclr: float = 1.0  # weight of L_oclr (1 in MULT)
 
     # hardware (algorithm.md §A2, §A10)
     amp: bool = True  # fp16 autocast + GradScaler on CUDA (the reference's default); ignored on the CPU
@@ -153,8 +166,20 @@ class Config:
             raise ValueError(f"renormalize must be 'always', 'never' or 'stage2', got {self.renormalize!r}")
         if self.matching not in ("cluster", "regdb-cycle"):
             raise ValueError(f"matching must be 'cluster' or 'regdb-cycle', got {self.matching!r}")
-        if self.association not in ("imca", "hungarian", "ot"):
-            raise ValueError(f"association must be 'imca', 'hungarian' or 'ot', got {self.association!r}")
+        if self.association not in ("imca", "hungarian", "ot", "mult"):
+            raise ValueError(f"association must be 'imca', 'hungarian', 'ot' or 'mult', got {self.association!r}")
+        if self.cross_affinity not in ("dense", "knn"):
+            raise ValueError(f"cross_affinity must be 'dense' or 'knn', got {self.cross_affinity!r}")
+        for key in ("mult_alpha", "mult_beta"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)}")
+        for key in ("mult_lambda", "oclr_sharpen"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        if self.cross_k < 1 or self.iters_stage2 < 0 or self.lambda_oclr < 0:
+            raise ValueError(f"need cross_k >= 1, iters_stage2 >= 0, lambda_oclr >= 0; got {self.cross_k}, "
+                             f"{self.iters_stage2}, {self.lambda_oclr}")
+        parse_milestones(self.lr_milestones)
         if self.certainty_loss not in ("prob", "log"):
             raise ValueError(f"certainty_loss must be 'prob' or 'log', got {self.certainty_loss!r}")
         for key in ("topk_stage1", "topk_stage2"):
@@ -183,6 +208,25 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def iters_for(self, stage: int) -> int:
+        """Training iterations per epoch of ``stage`` (``iters_stage2`` in stage 2 when set)."""
+        return self.iters_stage2 if stage == 2 and self.iters_stage2 else self.iters
+
+
+def parse_milestones(text: str) -> tuple[int, ...]:
+    """``"20,60,80"`` -> ``(20, 60, 80)``: strictly increasing epochs >= 1 (empty text: none).
+
+    Raises:
+        ValueError: unreadable text, a value < 1 or not increasing.
+    """
+    try:
+        values = tuple(int(p) for p in str(text).split(",") if p.strip())
+    except ValueError:
+        raise ValueError(f"lr_milestones: expected comma-separated epochs such as '20,60,80', got {text!r}") from None
+    if any(v < 1 for v in values) or any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"lr_milestones: epochs must be >= 1 and increasing, got {text!r}")
+    return values
 
 
 def parse_schedule(text: str, name: str = "schedule") -> tuple[tuple[int, float], ...]:
@@ -371,4 +415,4 @@ def _is_number(text: str) -> bool:
     return True
 
 
-__all__ = ["Config", "load_config", "config_keys_help", "unknown_key_message", "make_config", "parse_overrides", "parse_schedule", "parse_trials", "preset_names"]
+__all__ = ["Config", "load_config", "config_keys_help", "unknown_key_message", "make_config", "parse_overrides", "parse_schedule", "parse_milestones", "parse_trials", "preset_names"]

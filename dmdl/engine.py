@@ -50,6 +50,7 @@ LOG_FIELDS = (
     "clusters_infrared", "outliers_infrared", "ari_infrared",
     "unified_ids", "ari_unified", "matching", "certainty_visible", "certainty_infrared",
     "loss", "loss_id", "loss_cai", "loss_cross", "loss_triplet", "loss_mmd",
+    "loss_ms", "loss_ma", "loss_oclr", "seconds_transfer", "transfer_iterations",
     "seconds_features", "seconds_clustering", "seconds_training", "seconds", "test_mAP",
 )
 
@@ -346,8 +347,9 @@ class Engine:
             print(warning, file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ data factory
-    def extract(self, modality: str, renormalize: bool) -> torch.Tensor:
-        """Flip-averaged eval-mode features of a modality's training images (§A1.2).
+    def extract(self, modality: str, renormalize: bool, flip: bool = True) -> torch.Tensor:
+        """Eval-mode features of a modality's training images, flip-averaged unless ``flip`` is
+        False (§A1.2; MULT §B1 does not flip).
 
         Returns:
             (N_modality, D) float32 on the engine's device; L2-renormalised when asked.
@@ -357,7 +359,7 @@ class Engine:
             return extract_features(
                 self.model, [r.path for r in self.train[modality]], cfg.height, cfg.width, self.device,
                 batch_size=max(cfg.batch_size, 32), workers=self.workers, desc=f"features {modality}",
-                cache=self.image_cache, renormalize=renormalize,
+                cache=self.image_cache, renormalize=renormalize, flip=flip,
             )
 
     def train_loader(self, modality: str, labels: np.ndarray, stage: int, seed: int,
@@ -392,12 +394,24 @@ class Engine:
         return float(adjusted_rand_score(pids[keep], labels[keep])) if keep.sum() > 1 else float("nan")
 
     # ------------------------------------------------------------------ run
-    def _make_optimizer(self) -> None:
-        """Adam + StepLR, fresh for each stage (§A1, §A10)."""
+    def _make_optimizer(self, stage: int = 1) -> None:
+        """Adam, fresh for each stage (§A1, §A10), with StepLR(step_size, gamma) per stage, or with
+        ``lr_milestones`` the LR multiplied by gamma at each milestone epoch counted over both
+        stages (MULT §B5: 20, 60, 80 of 90)."""
+        from dmdl.config import parse_milestones
+
         cfg = self.cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+        milestones = parse_milestones(cfg.lr_milestones)
+        if milestones:
+            offset = 0 if stage == 1 else cfg.stage1_epochs
+            gamma = cfg.gamma
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda e: gamma ** sum(m <= offset + e for m in milestones))
+        else:
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size,
+                                                             gamma=cfg.gamma)
         if self._optim_state is not None:  # resuming inside this stage
             self.optimizer.load_state_dict(self._optim_state[0])
             self.scheduler.load_state_dict(self._optim_state[1])
@@ -468,7 +482,7 @@ class Engine:
         for stage, epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
             if stage < self.start[0] or epochs == 0:
                 continue
-            self._make_optimizer()
+            self._make_optimizer(stage)
             first = self.start[1] if stage == self.start[0] else 0
             for epoch in range(first, epochs):
                 t0 = time.time()
