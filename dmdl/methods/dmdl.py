@@ -7,7 +7,7 @@ Inside every epoch (the engine runs the epochs, see :mod:`dmdl.engine`):
 2. Jaccard + DBSCAN per modality (stage 2: the mapped modality with
    ``k1_mapped`` when set, §A5.1);
 3. stage 2: association into one unified label space (§A5.2, Table 4):
-   ``association`` (iMCA, Hungarian, OT), or on RegDB's cycle (``matching:
+   ``association`` (iMCA, Hungarian, OT, MULT's label transfer), or on RegDB's cycle (``matching:
    regdb-cycle``) sample-level nearest-neighbour matching on epochs with
    ``epoch % 5 >= 2``; the anchor modality is IR on even epochs, visible on odd;
 4. memories from centroids (:class:`dmdl.memories.CrossModalMemory`; stage 2
@@ -115,12 +115,13 @@ class DMDL:
         cfg = self.cfg
         eng = self.engine
         anchor = self.anchor(epoch) if stage == 2 else None
-        labels, stats = {}, {}
+        labels, stats, dists = {}, {}, {}
         for m in MODALITIES:
             k1 = cfg.k1_mapped if (stage == 2 and cfg.k1_mapped and m != anchor) else cfg.k1
             try:
-                labels[m] = cluster_features(feats[m], k1=k1, k2=cfg.k2, eps=cfg.eps, min_samples=cfg.min_samples,
-                                             renormalize=False, name=f"{m} training features")
+                labels[m], dists[m] = cluster_features(feats[m], k1=k1, k2=cfg.k2, eps=cfg.eps,
+                                                       min_samples=cfg.min_samples, renormalize=False,
+                                                       name=f"{m} training features", return_distance=True)
             except NoClustersError:
                 labels[m] = np.full(len(feats[m]), -1, dtype=np.int64)  # the guard below says what to do
             if hasattr(eng, "check_clusters"):  # stops on no / one cluster, warns on many outliers
@@ -133,6 +134,11 @@ class DMDL:
             args = (feats["visible"], labels["visible"], feats["infrared"], labels["infrared"])
             if how == "sample":
                 uv, ui, num_unified = nearest_sample_matching(*args, anchor=anchor)
+            elif how == "mult":  # MULT's label transfer (algorithm.md §B3) on this epoch's Jaccard graphs
+                uv, ui, num_unified = associate(
+                    how, *args, anchor=anchor, dist_visible=dists["visible"], dist_infrared=dists["infrared"],
+                    alpha=cfg.mult_alpha, temperature=cfg.temperature, lam=cfg.mult_lambda,
+                    cross_affinity=cfg.cross_affinity, cross_k=cfg.cross_k)
             else:
                 uv, ui, num_unified = associate(how, *args, anchor=anchor)
             labels = {"visible": uv, "infrared": ui}
@@ -194,19 +200,20 @@ class DMDL:
         return EpochPlan(stage, epoch, labels, memory, weights, anchor, refine, inter, w_tri), stats
 
     def epoch(self, stage: int, epoch: int) -> dict:
-        """Features, the epoch's plan and ``cfg.iters`` training steps; returns log fields."""
+        """Features, the epoch's plan and ``cfg.iters_for(stage)`` training steps; returns log fields."""
         cfg = self.cfg
+        num_iters = cfg.iters_for(stage)
         eng = self.engine
         t0 = time.time()
         renorm = cfg.renormalize == "always" or (cfg.renormalize == "stage2" and stage == 2)
-        feats = {m: eng.extract(m, renormalize=renorm) for m in MODALITIES}
+        feats = {m: eng.extract(m, renormalize=renorm, flip=cfg.feature_flip) for m in MODALITIES}
         t1 = time.time()
         plan, stats = self.plan(stage, epoch, feats)
         t2 = time.time()
 
         seed = cfg.seed * 100003 + stage * 1000 + epoch
         self.last_plan = plan  # for the checkpoint (see checkpoint_state)
-        self.last_sampler = {"seeds": {m: seed + 1 + i for i, m in enumerate(MODALITIES)}, "batches": cfg.iters,
+        self.last_sampler = {"seeds": {m: seed + 1 + i for i, m in enumerate(MODALITIES)}, "batches": num_iters,
                              "paired": plan.inter}
         order = shared_identity_order(plan.labels["visible"], plan.labels["infrared"], seed) if plan.inter else None
         loaders, kept, iters = {}, {}, {}
@@ -225,18 +232,18 @@ class DMDL:
 
         eng.model.train()
         sums: dict[str, float] = {}
-        bar = tqdm(range(cfg.iters), desc=f"stage {stage} epoch {epoch}", leave=False, dynamic_ncols=True)
+        bar = tqdm(range(num_iters), desc=f"stage {stage} epoch {epoch}", leave=False, dynamic_ncols=True)
         for it in bar:
             batch = {m: next_batch(m) for m in MODALITIES}
             certainty_batch = {m: kept[m][batch[m][3]] for m in MODALITIES}
             try:
                 parts = self.step(batch, certainty_batch, plan)
             except FloatingPointError as exc:  # name the iteration too
-                raise FloatingPointError(f"iteration {it + 1}/{cfg.iters} of {exc}") from None
+                raise FloatingPointError(f"iteration {it + 1}/{num_iters} of {exc}") from None
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{parts['loss']:.3f}")
-        stats.update({k: v / max(cfg.iters, 1) for k, v in sums.items()})
+        stats.update({k: v / max(num_iters, 1) for k, v in sums.items()})
         stats["seconds_features"] = round(t1 - t0, 1)
         stats["seconds_clustering"] = round(t2 - t1, 1)
         stats["seconds_training"] = round(time.time() - t2, 1)

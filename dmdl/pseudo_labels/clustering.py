@@ -77,7 +77,8 @@ def cluster_features(
     min_samples: int = 4,
     renormalize: bool = True,
     name: str = "features",
-) -> np.ndarray:
+    return_distance: bool = False,
+):
     """Cluster one modality's features into pseudo-identities.
 
     Args:
@@ -90,9 +91,12 @@ def cluster_features(
             the reference code skips this for flip-averaged SYSU/LLCM features,
             where norms are slightly below 1).
         name: used in error messages (e.g. ``"visible features"``).
+        return_distance: also return the Jaccard distances (the sparse CSR of
+            :func:`dmdl.ops.jaccard_distance`), e.g. for MULT's label transfer.
 
     Returns:
-        (N,) int64 NumPy labels, -1 for outliers.
+        (N,) int64 NumPy labels, -1 for outliers; with ``return_distance`` the pair
+        ``(labels, distances)``.
 
     Raises:
         ValueError: non-finite features.
@@ -113,4 +117,4 @@ def cluster_features(
             f"DBSCAN (eps={eps}, min_samples={min_samples}) found no cluster in {len(labels)} {name}: "
             "every sample is an outlier. Raise eps, lower min_samples, or start from pretrained weights."
         )
-    return labels
+    return (labels, dist) if return_distance else labels
