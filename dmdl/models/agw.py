@@ -415,7 +415,15 @@ def load_pretrained(
             ``model.arch`` (missing keys or shape mismatches; message names it).
         RuntimeError: ``"imagenet"`` could not be downloaded (e.g. offline); the
             message gives the URL to fetch elsewhere and pass as a file.
+        TypeError: ``model`` is a ``TwoStream`` (its weights are loaded by
+            ``build_model(..., two_stream=True)``, before and after wrapping).
     """
+    if getattr(model, "two_stream", False):
+        raise TypeError(
+            "load_pretrained: a TwoStream model is loaded by build_model(arch, pretrained, "
+            "two_stream=True) (one-stream weights go in before wrapping); to restore a saved "
+            "two-stream model use model.load_state_dict"
+        )
     if pretrained is None or (isinstance(pretrained, str) and pretrained.lower() == "none"):
         warnings.warn(
             "AGW: no pretrained weights; training from scratch gives much lower "
@@ -457,6 +465,7 @@ def load_pretrained(
 def build_model(
     arch: str = "resnet50",
     pretrained: Union[str, os.PathLike, None] = "imagenet",
+    two_stream: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Build an :class:`AGW` (or a ``MobileNetV2ReID``) and load its backbone weights.
@@ -466,18 +475,26 @@ def build_model(
             :class:`~dmdl.models.mobilenet.MobileNetV2ReID` (all names:
             :data:`~dmdl.models.mobilenet.ARCH_NAMES`).
         pretrained: see :func:`load_pretrained` ("imagenet", a .pth path,
-            "none"/None).
+            "none"/None). With ``two_stream=True`` a path may also hold a
+            two-stream state dict; see
+            :func:`~dmdl.models.two_stream.build_two_stream`.
+        two_stream: wrap the model in a
+            :class:`~dmdl.models.two_stream.TwoStream` (one stem per modality,
+            algorithm.md §B2), after loading the one-stream weights, so both
+            stems start from the same (e.g. ImageNet) stem weights.
         **kwargs: passed to the model: ``non_local``, ``last_stride``,
             ``gem_p`` for :class:`AGW`; ``last_stride``, ``gem_p`` for
             mobilenet_v2, where ``non_local=False`` is accepted and ignored.
 
     Returns:
-        The model on CPU, float32, in train mode.
+        The model on CPU, float32, in train mode (a ``TwoStream`` with
+        ``two_stream=True``).
 
     Raises:
         ValueError: unknown ``arch``; ``non_local=True`` with mobilenet_v2
             (non-local blocks are defined for the ResNet AGW only).
-        Whatever the model and :func:`load_pretrained` raise.
+        Whatever the model and :func:`load_pretrained` (or ``build_two_stream``)
+        raise.
     """
     from .mobilenet import ARCH_NAMES, MobileNetV2ReID
 
@@ -493,5 +510,9 @@ def build_model(
         model: nn.Module = MobileNetV2ReID(**kwargs)
     else:
         model = AGW(arch=arch, **kwargs)
+    if two_stream:
+        from .two_stream import build_two_stream
+
+        return build_two_stream(model, pretrained)
     load_pretrained(model, pretrained)
     return model
