@@ -347,7 +347,8 @@ class Engine:
 
     # ------------------------------------------------------------------ data factory
     def extract(self, modality: str, renormalize: bool) -> torch.Tensor:
-        """Flip-averaged eval-mode features of a modality's training images (§A1.2).
+        """Flip-averaged eval-mode features of a modality's training images (§A1.2); a
+        two-stream model runs them through that modality's stem (§B1).
 
         Returns:
             (N_modality, D) float32 on the engine's device; L2-renormalised when asked.
@@ -357,7 +358,7 @@ class Engine:
             return extract_features(
                 self.model, [r.path for r in self.train[modality]], cfg.height, cfg.width, self.device,
                 batch_size=max(cfg.batch_size, 32), workers=self.workers, desc=f"features {modality}",
-                cache=self.image_cache, renormalize=renormalize,
+                cache=self.image_cache, renormalize=renormalize, modality=modality,
             )
 
     def train_loader(self, modality: str, labels: np.ndarray, stage: int, seed: int,

@@ -1,11 +1,15 @@
-"""Tests for dmdl.models.two_stream (MULT's two-stream backbone, algorithm.md §B2) and build_model."""
+"""Tests for dmdl.models.two_stream (MULT's two-stream backbone, algorithm.md §B2) and its wiring
+(build_model, extract_features, the DMDL training step)."""
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
+from dmdl.evaluation.runner import extract_features
 from dmdl.models import AGW, MobileNetV2ReID, TwoStream, build_model, load_pretrained
 from dmdl.models import agw as agw_mod
 from dmdl.models.ghost_bn import convert_ghost_batchnorm, dataparallel_order
@@ -331,3 +335,44 @@ def test_one_stream_split_is_feature_map():
         x = torch.randn(2, 3, 64, 32)
         with torch.no_grad():
             assert torch.equal(m.feature_map(x), m.trunk(m.stem(x)))
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 20, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def test_extract_features_routes_by_modality(images):
+    torch.manual_seed(0)
+    ts = _build("resnet18", non_local=False)
+    _perturb(ts.stem_infrared)
+    fv = extract_features(ts, images, 64, 32, modality="visible")
+    fi = extract_features(ts, images, 64, 32, modality="infrared")
+    assert fv.shape == fi.shape == (3, 512)
+    assert not torch.equal(fv, fi)
+    assert ts.training  # restored
+    # the same as calling the model by hand (flip-averaged, renormalised)
+    from dmdl.data.transforms import test_transform
+
+    x = torch.stack([test_transform(64, 32)(Image.open(p).convert("RGB")) for p in images])
+    ts.eval()
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(ts(x, "infrared") + ts(x.flip(3), "infrared"), dim=1)
+    torch.testing.assert_close(fi, ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="two-stream model needs"):
+        extract_features(ts, images, 64, 32)
+    with pytest.raises(ValueError, match="modality must be"):
+        extract_features(ts, images, 64, 32, modality="thermal")
+    # one-stream models ignore the modality
+    one = AGW("resnet18", non_local=False)
+    torch.testing.assert_close(extract_features(one, images, 64, 32, modality="infrared"),
+                               extract_features(one, images, 64, 32))
