@@ -99,14 +99,15 @@ def load_dataset(name: str, root: str, trial: int = 1):
 
 
 def build_model_from_config(cfg: Config, pretrained: str | None = None) -> torch.nn.Module:
-    """The backbone of ``cfg`` (``arch``, ``last_stride``, ``non_local``) with its weights
-    (``cfg.pretrained`` unless ``pretrained`` is given), on the CPU."""
+    """The backbone of ``cfg`` (``arch``, ``last_stride``, ``non_local``, ``two_stream``) with
+    its weights (``cfg.pretrained`` unless ``pretrained`` is given), on the CPU."""
     from dmdl.models import build_model
 
     kwargs = {"last_stride": cfg.last_stride}
     if cfg.arch != "mobilenet_v2":
         kwargs["non_local"] = cfg.non_local
-    return build_model(cfg.arch, pretrained=cfg.pretrained if pretrained is None else pretrained, **kwargs)
+    return build_model(cfg.arch, pretrained=cfg.pretrained if pretrained is None else pretrained,
+                       two_stream=cfg.two_stream, **kwargs)
 
 
 def atomic_save(obj, path: Path) -> None:
