@@ -198,6 +198,10 @@ def test_ghost_bn_and_dataparallel_order():
     infrared = (torch.arange(2 * n) >= n)[perm]
     out = ts(x[perm], infrared)[torch.argsort(perm)]
     assert out.shape == (2 * n, 512) and torch.isfinite(out).all()
+    _perturb(ts.stem_infrared)
+    ts.eval()  # the permuted mask still sends every row to its own stem
+    with torch.no_grad():
+        torch.testing.assert_close(ts(x[perm], infrared)[torch.argsort(perm)], ts(x, torch.arange(2 * n) >= n))
 
 
 # ----------------------------------------------------------------------------- weights
@@ -376,3 +380,34 @@ def test_extract_features_routes_by_modality(images):
     one = AGW("resnet18", non_local=False)
     torch.testing.assert_close(extract_features(one, images, 64, 32, modality="infrared"),
                                extract_features(one, images, 64, 32))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_dmdl_training_routes_each_modality_to_its_stem(tmp_path):
+    # the DMDL step with a two-stream model and ghost-BN replica groups: runs, trains both stems
+    from dmdl.config import load_config
+    from dmdl.data.toy import make_toy_dataset
+    from dmdl.engine import CHECKPOINT_NAME, Engine
+
+    root = str(make_toy_dataset(tmp_path / "RegDB", layout="regdb", num_ids=12, seed=0))
+    out = tmp_path / "run"
+    cfg = load_config("regdb-cpu", [
+        "--height", "64", "--width", "32", "--iters", "2", "--batch-size", "16", "--num-instances", "4",
+        "--k1", "6", "--k2", "2", "--eps", "0.5", "--workers", "0", "--data-root", root,
+        "--output-dir", str(out), "--stage1-epochs", "1", "--stage2-epochs", "1",
+        "--eval-untrained", "false", "--two-stream", "true", "--ghost-bn-groups", "2",
+    ])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eng = Engine(cfg)
+        init = {k: v.clone() for k, v in eng.model.state_dict().items()}
+        results = eng.run()
+    assert isinstance(eng.model, TwoStream)
+    assert set(results["trained"]) >= {"v2t", "t2v"}
+    state = torch.load(out / CHECKPOINT_NAME, weights_only=False)["model"]
+    for stem in ("stem_visible", "stem_infrared"):
+        key = f"{stem}.0.weight"
+        assert not torch.equal(state[key], init[key]), key  # each stem was trained
+    assert not torch.equal(state["stem_visible.0.weight"], state["stem_infrared.0.weight"])
