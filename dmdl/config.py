@@ -39,6 +39,9 @@ class Config:
     pretrained: str = "imagenet"  # a .pth file, "imagenet" or "none"
     non_local: bool = True  # AGW non-local blocks (ResNets only: false for mobilenet_v2)
     last_stride: int = 1
+    # one stem per modality in front of the shared layers (MULT/ADCA/PGM's two-stream AGW,
+    # algorithm.md §B2); DMDL itself is one-stream (false)
+    two_stream: bool = False
     channels_last: bool = False
 
     # schedule (algorithm.md §A1.1, §A10)

@@ -100,14 +100,15 @@ def load_dataset(name: str, root: str, trial: int = 1):
 
 
 def build_model_from_config(cfg: Config, pretrained: str | None = None) -> torch.nn.Module:
-    """The backbone of ``cfg`` (``arch``, ``last_stride``, ``non_local``) with its weights
-    (``cfg.pretrained`` unless ``pretrained`` is given), on the CPU."""
+    """The backbone of ``cfg`` (``arch``, ``last_stride``, ``non_local``, ``two_stream``) with
+    its weights (``cfg.pretrained`` unless ``pretrained`` is given), on the CPU."""
     from dmdl.models import build_model
 
     kwargs = {"last_stride": cfg.last_stride}
     if cfg.arch != "mobilenet_v2":
         kwargs["non_local"] = cfg.non_local
-    return build_model(cfg.arch, pretrained=cfg.pretrained if pretrained is None else pretrained, **kwargs)
+    return build_model(cfg.arch, pretrained=cfg.pretrained if pretrained is None else pretrained,
+                       two_stream=cfg.two_stream, **kwargs)
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -349,7 +350,8 @@ class Engine:
     # ------------------------------------------------------------------ data factory
     def extract(self, modality: str, renormalize: bool, flip: bool = True) -> torch.Tensor:
         """Eval-mode features of a modality's training images, flip-averaged unless ``flip`` is
-        False (§A1.2; MULT §B1 does not flip).
+        False (§A1.2; MULT §B1 does not flip); a two-stream model runs them through that
+        modality's stem (§B1).
 
         Returns:
             (N_modality, D) float32 on the engine's device; L2-renormalised when asked.
@@ -359,7 +361,7 @@ class Engine:
             return extract_features(
                 self.model, [r.path for r in self.train[modality]], cfg.height, cfg.width, self.device,
                 batch_size=max(cfg.batch_size, 32), workers=self.workers, desc=f"features {modality}",
-                cache=self.image_cache, renormalize=renormalize, flip=flip,
+                cache=self.image_cache, renormalize=renormalize, flip=flip, modality=modality,
             )
 
     def train_loader(self, modality: str, labels: np.ndarray, stage: int, seed: int,

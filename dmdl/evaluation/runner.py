@@ -44,6 +44,7 @@ def extract_features(
     renormalize: bool = True,
     desc: str = "extract",
     cache: bool | dict = False,
+    modality: str | None = None,
 ) -> torch.Tensor:
     """Features of a list of images.
 
@@ -54,10 +55,32 @@ def extract_features(
         flip: average with the horizontally flipped image (§A1.2, §A11).
         renormalize: L2-normalise the (flip-averaged) feature.
         cache: decoded-image cache, see :class:`~dmdl.data.loading.ImageListDataset`.
+        modality: ``"visible"`` or ``"infrared"``, the modality of all of
+            ``paths``. A two-stream model (``model.two_stream`` true,
+            :class:`~dmdl.models.TwoStream`, §B2) is called as
+            ``model(x, modality)`` so the images go through that modality's
+            stem; one-stream models ignore it.
 
     Returns:
         (N, D) float32 tensor on ``device``.
+
+    Raises:
+        ValueError: a two-stream model and no ``modality``; a ``modality``
+            other than None, "visible", "infrared"; no image.
     """
+    if modality not in (None, "visible", "infrared"):
+        raise ValueError(f"{desc}: modality must be 'visible', 'infrared' or None, got {modality!r}")
+    if getattr(model, "two_stream", False):
+        if modality is None:
+            raise ValueError(
+                f"{desc}: a two-stream model needs the images' modality ('visible' or "
+                f"'infrared') to pick its stem"
+            )
+
+        def embed(x: torch.Tensor) -> torch.Tensor:
+            return model(x, modality)
+    else:
+        embed = model
     was_training = model.training
     model.eval()
     ds = ImageListDataset(paths, [-1] * len(paths), test_transform(height, width), cache=cache)
@@ -65,9 +88,9 @@ def extract_features(
     out = []
     for x, _, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
         x = x.to(device, non_blocking=True)
-        f = model(x).float()
+        f = embed(x).float()
         if flip:
-            f = (f + model(flip_width(x)).float()) / 2
+            f = (f + embed(flip_width(x)).float()) / 2
         if renormalize:
             f = F.normalize(f, dim=1)
         out.append(f)
@@ -114,6 +137,8 @@ def evaluate_model(model: nn.Module, dataset_name: str, dataset, height: int, wi
     Args:
         dataset_name: ``"regdb"``, ``"sysu"`` or ``"llcm"``.
         dataset: the matching reader (``RegDB``, ``SYSUMM01``, ``LLCM``).
+        model: one-stream, or two-stream (visible test images through the
+            visible stem, infrared ones through the infrared stem).
         num_trials: gallery draws for SYSU / LLCM (10 in every paper).
 
     Returns:
@@ -129,8 +154,11 @@ def evaluate_model(model: nn.Module, dataset_name: str, dataset, height: int, wi
         raise ValueError(f"unknown dataset {dataset_name!r}; expected regdb, sysu or llcm")
     kw = dict(height=height, width=width, device=device, workers=workers, batch_size=batch_size)
     vis, ir = dataset.test_visible, dataset.test_infrared
-    bank_v = _FeatureBank(extract_features(model, [r.path for r in vis], desc="test visible", **kw), vis)
-    bank_i = _FeatureBank(extract_features(model, [r.path for r in ir], desc="test infrared", **kw), ir)
+    # each modality through its own stem when the model is two-stream (§B6)
+    bank_v = _FeatureBank(extract_features(model, [r.path for r in vis], desc="test visible",
+                                           modality="visible", **kw), vis)
+    bank_i = _FeatureBank(extract_features(model, [r.path for r in ir], desc="test infrared",
+                                           modality="infrared", **kw), ir)
     banks = {"visible": bank_v, "infrared": bank_i}
 
     def run(query, gallery, metric):

@@ -314,8 +314,12 @@ class DMDL:
         if cfg.ghost_bn_groups > 1:  # the reference's DataParallel replica layout (dmdl.models.ghost_bn)
             perm = dataparallel_order(n, cfg.ghost_bn_groups).to(device)
             x = x[perm]
+        args = ()
+        if getattr(eng.model, "two_stream", False):  # each row through its modality's stem (§B2)
+            infrared = torch.arange(x.shape[0], device=device) >= n  # rows of x before the permutation
+            args = (infrared if perm is None else infrared[perm],)
         with torch.autocast(device.type, dtype=torch.float16, enabled=eng.amp):
-            out = eng.model(x)
+            out = eng.model(x, *args)
         out = out.float()
         if perm is not None:
             out = out[torch.argsort(perm)]

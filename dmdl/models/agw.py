@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Tuple, Union
 from urllib.parse import urlparse
@@ -70,7 +71,10 @@ class AGW(nn.Module):
 
     Layout: stem (conv1, bn1, ReLU, maxpool) -> layer1..layer4 with non-local
     blocks after selected residual blocks -> GeM (p fixed) -> BatchNorm1d neck
-    (bias frozen, weight ~ N(1, 0.01), bias 0). No classifier.
+    (bias frozen, weight ~ N(1, 0.01), bias 0). No classifier. The two halves
+    of the backbone are :meth:`stem` and :meth:`trunk` (``feature_map(x) ==
+    trunk(stem(x))``), so :class:`~dmdl.models.two_stream.TwoStream` can give
+    each modality its own stem.
 
     The backbone modules keep torchvision's names (``conv1``, ``bn1``,
     ``layer1`` ... ``layer4``) so torchvision ResNet state dicts load directly
@@ -96,6 +100,7 @@ class AGW(nn.Module):
         arch: the architecture name.
         non_local_positions: ``{stage: tuple(block indices)}`` actually used
             (empty when ``non_local=False``).
+        stem_detached: True once :meth:`detach_stem` moved the stem out.
 
     Raises:
         ValueError: unknown ``arch``, ``last_stride`` not 1 or 2, ``gem_p`` <= 0.
@@ -117,6 +122,7 @@ class AGW(nn.Module):
         self.arch = arch
         self.feat_dim: int = cfg["feat_dim"]
         self.last_stride = last_stride
+        self.stem_detached = False
 
         resnet = getattr(torchvision.models, arch)(weights=None)
         self.conv1 = resnet.conv1
@@ -148,17 +154,36 @@ class AGW(nn.Module):
         self.pool = GeM(p=gem_p)
         self.bottleneck = bn_neck(self.feat_dim)
 
-    def feature_map(self, x: Tensor) -> Tensor:
-        """Backbone output before pooling.
+    def stem(self, x: Tensor) -> Tensor:
+        """The ResNet stem: conv1, bn1, ReLU, maxpool.
 
         Args:
             x: (B, 3, H, W) float, ImageNet-normalised, on the model's device.
 
         Returns:
-            (B, feat_dim, H/16, W/16) with ``last_stride=1`` (H/32, W/32 with 2),
-            rounded up the way the strided convolutions round.
+            (B, 64, H/4, W/4) (rounded up the way the strided layers round).
+
+        Raises:
+            RuntimeError: the stem was moved out by :meth:`detach_stem`.
         """
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        if self.stem_detached:
+            raise RuntimeError(
+                "AGW.stem: this model's stem was moved into a TwoStream wrapper "
+                "(detach_stem); run the wrapper instead"
+            )
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """Everything between the stem and the pooling: layer1..layer4 with the
+        non-local blocks.
+
+        Args:
+            x: (B, 64, h, w), the output of :meth:`stem` (or of a
+                :class:`~dmdl.models.two_stream.TwoStream` stem).
+
+        Returns:
+            (B, feat_dim, h/4, w/4) with ``last_stride=1`` (h/8, w/8 with 2).
+        """
         for stage in _STAGES:
             layer = getattr(self, stage)
             nls = self.non_local[stage]
@@ -168,6 +193,41 @@ class AGW(nn.Module):
                 if key in nls:
                     x = nls[key](x)
         return x
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """Backbone output before pooling: ``trunk(stem(x))``.
+
+        Args:
+            x: (B, 3, H, W) float, ImageNet-normalised, on the model's device.
+
+        Returns:
+            (B, feat_dim, H/16, W/16) with ``last_stride=1`` (H/32, W/32 with 2),
+            rounded up the way the strided convolutions round.
+        """
+        return self.trunk(self.stem(x))
+
+    def detach_stem(self) -> nn.Module:
+        """Move the stem out of this model (for :class:`~dmdl.models.two_stream.TwoStream`).
+
+        Returns:
+            ``nn.Sequential(conv1, bn1, relu, maxpool)`` (these names, so its
+            state-dict keys are ``conv1.weight``, ``bn1.running_mean``, ...),
+            holding the very modules this model had. They are removed from
+            this model: its state dict loses the ``conv1.*``/``bn1.*`` keys,
+            and :meth:`stem`, :meth:`feature_map` and :meth:`forward` raise
+            RuntimeError afterwards; :meth:`trunk` still works.
+
+        Raises:
+            RuntimeError: the stem was already detached.
+        """
+        if self.stem_detached:
+            raise RuntimeError("AGW.detach_stem: the stem was already detached")
+        stem = nn.Sequential(OrderedDict(
+            conv1=self.conv1, bn1=self.bn1, relu=self.relu, maxpool=self.maxpool
+        ))
+        del self.conv1, self.bn1, self.relu, self.maxpool
+        self.stem_detached = True
+        return stem
 
     def forward(
         self, x: Tensor, return_pooled: bool = False
@@ -355,7 +415,15 @@ def load_pretrained(
             ``model.arch`` (missing keys or shape mismatches; message names it).
         RuntimeError: ``"imagenet"`` could not be downloaded (e.g. offline); the
             message gives the URL to fetch elsewhere and pass as a file.
+        TypeError: ``model`` is a ``TwoStream`` (its weights are loaded by
+            ``build_model(..., two_stream=True)``, before and after wrapping).
     """
+    if getattr(model, "two_stream", False):
+        raise TypeError(
+            "load_pretrained: a TwoStream model is loaded by build_model(arch, pretrained, "
+            "two_stream=True) (one-stream weights go in before wrapping); to restore a saved "
+            "two-stream model use model.load_state_dict"
+        )
     if pretrained is None or (isinstance(pretrained, str) and pretrained.lower() == "none"):
         warnings.warn(
             "AGW: no pretrained weights; training from scratch gives much lower "
@@ -397,6 +465,7 @@ def load_pretrained(
 def build_model(
     arch: str = "resnet50",
     pretrained: Union[str, os.PathLike, None] = "imagenet",
+    two_stream: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Build an :class:`AGW` (or a ``MobileNetV2ReID``) and load its backbone weights.
@@ -406,18 +475,26 @@ def build_model(
             :class:`~dmdl.models.mobilenet.MobileNetV2ReID` (all names:
             :data:`~dmdl.models.mobilenet.ARCH_NAMES`).
         pretrained: see :func:`load_pretrained` ("imagenet", a .pth path,
-            "none"/None).
+            "none"/None). With ``two_stream=True`` a path may also hold a
+            two-stream state dict; see
+            :func:`~dmdl.models.two_stream.build_two_stream`.
+        two_stream: wrap the model in a
+            :class:`~dmdl.models.two_stream.TwoStream` (one stem per modality,
+            algorithm.md §B2), after loading the one-stream weights, so both
+            stems start from the same (e.g. ImageNet) stem weights.
         **kwargs: passed to the model: ``non_local``, ``last_stride``,
             ``gem_p`` for :class:`AGW`; ``last_stride``, ``gem_p`` for
             mobilenet_v2, where ``non_local=False`` is accepted and ignored.
 
     Returns:
-        The model on CPU, float32, in train mode.
+        The model on CPU, float32, in train mode (a ``TwoStream`` with
+        ``two_stream=True``).
 
     Raises:
         ValueError: unknown ``arch``; ``non_local=True`` with mobilenet_v2
             (non-local blocks are defined for the ResNet AGW only).
-        Whatever the model and :func:`load_pretrained` raise.
+        Whatever the model and :func:`load_pretrained` (or ``build_two_stream``)
+        raise.
     """
     from .mobilenet import ARCH_NAMES, MobileNetV2ReID
 
@@ -433,5 +510,9 @@ def build_model(
         model: nn.Module = MobileNetV2ReID(**kwargs)
     else:
         model = AGW(arch=arch, **kwargs)
+    if two_stream:
+        from .two_stream import build_two_stream
+
+        return build_two_stream(model, pretrained)
     load_pretrained(model, pretrained)
     return model

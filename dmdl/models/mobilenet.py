@@ -61,7 +61,8 @@ class MobileNetV2ReID(nn.Module):
 
     Layout: torchvision's ``mobilenet_v2(weights=None).features`` (kept under
     the name ``features``, so torchvision keys ``features.N....`` load
-    directly) -> GeM -> BatchNorm1d(1280) neck (bias frozen, weight
+    directly; :meth:`stem` is ``features[0]``, :meth:`trunk` the rest) -> GeM
+    -> BatchNorm1d(1280) neck (bias frozen, weight
     ~ N(1, 0.01), bias 0; same as :class:`~dmdl.models.AGW`). No classifier.
 
     The constructor builds random weights only and never downloads anything;
@@ -80,6 +81,7 @@ class MobileNetV2ReID(nn.Module):
         arch: ``"mobilenet_v2"``.
         feat_dim: 1280.
         last_stride: as passed.
+        stem_detached: True once :meth:`detach_stem` moved the stem out.
 
     Raises:
         ValueError: ``last_stride`` not 1 or 2, ``gem_p`` <= 0.
@@ -93,6 +95,7 @@ class MobileNetV2ReID(nn.Module):
             raise ValueError(f"MobileNetV2ReID: last_stride must be 1 or 2, got {last_stride}")
         self.feat_dim: int = 1280
         self.last_stride = last_stride
+        self.stem_detached = False
 
         net = torchvision.models.mobilenet_v2(weights=None)
         self.features = net.features
@@ -105,8 +108,41 @@ class MobileNetV2ReID(nn.Module):
         self.pool = GeM(p=gem_p)
         self.bottleneck = bn_neck(self.feat_dim)
 
+    def stem(self, x: Tensor) -> Tensor:
+        """The stem: ``features[0]``, the first Conv-BN-ReLU6 (stride 2).
+
+        Args:
+            x: (B, 3, H, W) float, ImageNet-normalised, on the model's device.
+
+        Returns:
+            (B, 32, H/2, W/2) (rounded up).
+
+        Raises:
+            RuntimeError: the stem was moved out by :meth:`detach_stem`.
+        """
+        if self.stem_detached:
+            raise RuntimeError(
+                "MobileNetV2ReID.stem: this model's stem was moved into a TwoStream "
+                "wrapper (detach_stem); run the wrapper instead"
+            )
+        return self.features[0](x)
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """``features[1:]``: everything between the stem and the pooling.
+
+        Args:
+            x: (B, 32, h, w), the output of :meth:`stem` (or of a
+                :class:`~dmdl.models.two_stream.TwoStream` stem).
+
+        Returns:
+            (B, 1280, h/8, w/8) with ``last_stride=1`` (h/16, w/16 with 2).
+        """
+        for i in range(1, len(self.features)):
+            x = self.features[i](x)
+        return x
+
     def feature_map(self, x: Tensor) -> Tensor:
-        """Backbone output before pooling.
+        """Backbone output before pooling: ``trunk(stem(x))``.
 
         Args:
             x: (B, 3, H, W) float, ImageNet-normalised, on the model's device.
@@ -115,7 +151,28 @@ class MobileNetV2ReID(nn.Module):
             (B, 1280, H/16, W/16) with ``last_stride=1`` (H/32, W/32 with 2),
             rounded up the way the strided convolutions round.
         """
-        return self.features(x)
+        return self.trunk(self.stem(x))
+
+    def detach_stem(self) -> nn.Module:
+        """Move the stem out of this model (for :class:`~dmdl.models.two_stream.TwoStream`).
+
+        Returns:
+            The ``features[0]`` module (Conv2d, BatchNorm2d, ReLU6; its keys are
+            ``0.weight``, ``1.weight``, ``1.running_mean``, ...). In this model
+            ``features[0]`` becomes an ``nn.Identity`` (the other ``features.N``
+            keys keep their numbers), and :meth:`stem`, :meth:`feature_map` and
+            :meth:`forward` raise RuntimeError afterwards; :meth:`trunk` still
+            works.
+
+        Raises:
+            RuntimeError: the stem was already detached.
+        """
+        if self.stem_detached:
+            raise RuntimeError("MobileNetV2ReID.detach_stem: the stem was already detached")
+        stem = self.features[0]
+        self.features[0] = nn.Identity()
+        self.stem_detached = True
+        return stem
 
     def forward(
         self, x: Tensor, return_pooled: bool = False
