@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from dmdl.config import load_config, parse_overrides, preset_names
@@ -13,7 +14,8 @@ def test_presets_load_and_carry_published_values():
     assert (llcm.k1, llcm.eps) == (25, 0.6)
     for name in preset_names():
         cfg = load_config(name)
-        assert cfg.lr == 3.5e-4 and cfg.temperature == 0.05 and cfg.momentum == 0.2
+        # memory momentum: 0.2 in DMDL (§A8), 0.1 in MULT (§B4)
+        assert cfg.lr == 3.5e-4 and cfg.temperature == 0.05 and cfg.momentum == (0.1 if cfg.method == "mult" else 0.2)
 
 
 def test_overrides_are_typed():
@@ -175,3 +177,39 @@ def test_base_presets_nest_and_yaml_files_can_extend_presets(tmp_path):
     g.write_text(f"base: {g}\n")
     with pytest.raises(ValueError, match="nest"):
         load_config(str(g))
+
+
+def test_lr_milestones_count_epochs_over_both_stages():
+    """MULT's schedule (§B5): x0.1 at epochs 20, 60, 80 of 40 + 50, across the stage boundary."""
+    import torch
+
+    from dmdl.config import parse_milestones
+    from dmdl.engine import Engine
+
+    cfg = load_config("regdb-mult")
+    assert parse_milestones(cfg.lr_milestones) == (20, 60, 80)
+    eng = Engine.__new__(Engine)  # only what _make_optimizer reads
+    eng.cfg, eng.model, eng._optim_state = cfg, torch.nn.Linear(2, 2), None
+    seen = []
+    for stage, epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
+        eng._make_optimizer(stage)
+        for _ in range(epochs):
+            seen.append(eng.optimizer.param_groups[0]["lr"])
+            eng.scheduler.step()
+    expected = [3.5e-4] * 20 + [3.5e-5] * 40 + [3.5e-6] * 20 + [3.5e-7] * 10
+    np.testing.assert_allclose(seen, expected, rtol=1e-9)
+    for bad in ("20,10", "0,5", "x"):
+        with pytest.raises(ValueError, match="lr_milestones"):
+            load_config("regdb", ["--lr-milestones", bad])
+
+
+def test_mult_presets_and_iters_per_stage():
+    sysu = load_config("sysu-mult")
+    assert (sysu.method, sysu.dataset, sysu.eps, sysu.iters_for(1), sysu.iters_for(2)) == ("mult", "sysu", 0.6, 300, 200)
+    cpu = load_config("regdb-cpu-mult")
+    assert cpu.arch == "mobilenet_v2" and cpu.two_stream and cpu.iters_for(2) == cpu.iters == 30
+    with pytest.raises(ValueError, match="cross_affinity"):
+        load_config("regdb-mult", ["--cross-affinity", "sparse"])
+    with pytest.raises(ValueError, match="association"):
+        load_config("regdb", ["--association", "lp"])
+    assert load_config("regdb", ["--association", "mult"]).association == "mult"

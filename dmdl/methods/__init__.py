@@ -3,12 +3,13 @@
 The engine (:mod:`dmdl.engine`) calls ``method.epoch(stage, epoch)``; a method is
 a class constructed with the engine. Registered methods, by config name:
 
-- ``dmdl``: :class:`dmdl.methods.dmdl.DMDL` (the default).
+- ``dmdl``: :class:`dmdl.methods.dmdl.DMDL` (the default);
+- ``mult``: :class:`dmdl.methods.mult.MULT` (MULT, arXiv 2402.00672; two-stream backbone).
 """
 
 from __future__ import annotations
 
-METHODS = {"dmdl": "dmdl.methods.dmdl:DMDL"}
+METHODS = {"dmdl": "dmdl.methods.dmdl:DMDL", "mult": "dmdl.methods.mult:MULT"}
 
 
 def get_method(name: str):
