@@ -26,6 +26,11 @@ TORCH_LIBRARY(dmdl, m) {
   // momentum: scalar or [B]; row_ids [K]: the label each row holds (None: row = label); hard: one
   // update per row with its least similar sample.
   m.def("momentum_update_(Tensor(a!) memory, Tensor features, Tensor labels, Tensor momentum, Tensor? row_ids, bool hard) -> ()");
+  // Label-propagation step of MULT (arXiv 2402.00672; algorithm.md §B3 step 4; dmdl/ops/propagation.py):
+  // out = a * A @ x + b * z, A the CSR (crow int64 [N_out+1], col int32 [nnz], val float32 [nnz]),
+  // x float32 [N_in, K] contiguous, z float32 [N_out, K] -> out float32 [N_out, K], each entry
+  // accumulated in float32 in CSR order.
+  m.def("propagate(Tensor crow, Tensor col, Tensor val, Tensor x, Tensor z, float a, float b) -> Tensor");
 }
 
 namespace dmdl {

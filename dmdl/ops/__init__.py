@@ -8,11 +8,15 @@ a sparse CSR by default; ``to_scipy_csr`` hands it to scikit-learn), with
 feature gradient; sequential momentum update): C++ ops on the CPU, Triton kernels on CUDA, with
 ``memory_loss_reference`` / ``momentum_update_reference`` as their pure-PyTorch references;
 ``ClusterMemory`` is the memory bank built on them.
+``propagate`` is MULT's label-propagation step ``a * A @ x + b * z`` (``torch.ops.dmdl.propagate``
+for a sparse CSR affinity, ``torch.addmm`` for a dense one), with ``propagate_reference`` its
+float64 reference and ``row_normalize`` the row normalisation of the affinities.
 """
 
 from .jaccard import jaccard_distance, jaccard_distance_reference, knn, to_scipy_csr
 from .memory import (ClusterMemory, cluster_centroids, memory_loss, memory_loss_reference, momentum_update_,
                      momentum_update_reference)
+from .propagation import propagate, propagate_reference, row_normalize
 
 __all__ = [
     "jaccard_distance",
@@ -25,4 +29,7 @@ __all__ = [
     "momentum_update_reference",
     "ClusterMemory",
     "cluster_centroids",
+    "propagate",
+    "propagate_reference",
+    "row_normalize",
 ]
