@@ -151,5 +151,5 @@ def test_associate_dispatches_and_rejects_unknown_methods():
         assert got[2] == want[2]
     uv, _, _ = associate("ot", fv, LV, fi, LI, "infrared", epsilon=0.1, iterations=500)
     assert uv.shape == LV.shape
-    with pytest.raises(ValueError, match=r"\['hungarian', 'imca', 'ot'\].*'bgm'"):
+    with pytest.raises(ValueError, match=r"\['hungarian', 'imca', 'ot', 'mult'\].*'bgm'"):
         associate("bgm", fv, LV, fi, LI, "infrared")

@@ -8,7 +8,8 @@ constraint; outliers stay -1. The anchor alternates with the epoch parity.
 Alternatives compared in DMDL Table 4 (algorithm.md §A12.4), same signature and
 return convention as :func:`imca`: :func:`hungarian_matching` (BGM, PGM's
 bipartite graph matching) and :func:`ot_matching` (optimal transport, as in
-DOTLA); :func:`associate` dispatches by name.
+DOTLA); MULT's label transfer is the fourth (:mod:`dmdl.pseudo_labels.mult`);
+:func:`associate` dispatches by name.
 """
 
 from __future__ import annotations
@@ -307,7 +308,9 @@ def associate(
 
     Args:
         method: ``"imca"`` (:func:`imca`, DMDL), ``"hungarian"``
-            (:func:`hungarian_matching`, PGM's BGM) or ``"ot"`` (:func:`ot_matching`).
+            (:func:`hungarian_matching`, PGM's BGM), ``"ot"`` (:func:`ot_matching`) or ``"mult"``
+            (:func:`dmdl.pseudo_labels.mult.mult_association`, MULT's label transfer; needs the
+            keywords ``dist_visible`` and ``dist_infrared``).
         features_visible, labels_visible, features_infrared, labels_infrared, anchor:
             as in :func:`imca`.
         **kwargs: extra keywords for the method (e.g. ``epsilon`` for ``"ot"``).
@@ -318,7 +321,12 @@ def associate(
     Raises:
         ValueError: unknown method (the message names the choices), or any error of the method.
     """
+    if method == "mult":  # MULT's label transfer, its own module (needs dist_visible / dist_infrared)
+        from dmdl.pseudo_labels.mult import mult_association
+
+        return mult_association(features_visible, labels_visible, features_infrared, labels_infrared, anchor,
+                                **kwargs)
     if method not in _ASSOCIATIONS:
-        raise ValueError(f"method must be one of {sorted(_ASSOCIATIONS)}, got {method!r}")
+        raise ValueError(f"method must be one of {sorted(_ASSOCIATIONS) + ['mult']}, got {method!r}")
     return _ASSOCIATIONS[method](
         features_visible, labels_visible, features_infrared, labels_infrared, anchor, **kwargs)
