@@ -40,6 +40,7 @@ SCHEMAS = {
                            "float temperature) -> (Tensor loss, Tensor grad_features)",
     "momentum_update_": "dmdl::momentum_update_(Tensor(a!) memory, Tensor features, Tensor labels, "
                         "Tensor momentum, Tensor? row_ids, bool hard) -> ()",
+    "propagate": "dmdl::propagate(Tensor crow, Tensor col, Tensor val, Tensor x, Tensor z, float a, float b) -> Tensor",
 }
 
 
@@ -53,7 +54,7 @@ def test_kernels_registered_match_build():
 
     for name in SCHEMAS:
         assert _has_kernel(f"dmdl::{name}", "CPU"), name
-    for name in ("knn", "jaccard_sparse"):  # C++ CUDA kernels (csrc/cuda)
+    for name in ("knn", "jaccard_sparse", "propagate"):  # C++ CUDA kernels (csrc/cuda)
         assert _has_kernel(f"dmdl::{name}", "CUDA") is _C.cuda_compiled(), name
     # register_fake provides the Meta / fake-tensor kernel.
     rank, stats = torch.ops.dmdl.knn(torch.empty(7, 3, device="meta"), 3, "fp32", 2)

@@ -2,11 +2,11 @@
 // algorithm.md §B3 step 4; performance.md §4): out = a * A @ x + b * z with A a CSR affinity.
 //
 // The CSR structure is checked on the host first (dmdl/propagation_host.h). Rows run through
-// at::parallel_for (grain from the mean work per row); each row is computed in tiles of columns
-// (kCpuTileAvx with AVX2, else kCpuTileSse) by row_tile of dmdl/propagation.h, the code the CUDA
-// kernel runs: the tile's accumulators stay in registers while the row's non-zeros stream past,
-// each non-zero reading a contiguous piece of one row of x. Compiled for AVX2 when the CPU has it
-// (without FMA: see dmdl/propagation.h for why), else for the baseline ISA.
+// at::parallel_for (grain from the mean work per row); each row is computed by row_columns of
+// dmdl/propagation.h, the code the CUDA kernel runs, in chunks of kCpuColumns columns accumulated
+// in the output row (L1) while the row's non-zeros stream past, kUnroll at a time, each reading a
+// contiguous piece of one row of x. Compiled for AVX2 when the CPU has it (without FMA: see
+// dmdl/propagation.h for why), else for the baseline ISA.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -35,40 +35,33 @@ struct Args {
   const float* z;
   float* out;
   float a, b;
-  int64_t nnz, n_in, k;
+  int64_t k;
 };
 
-// Rows [i0, i1) in tiles of W columns (the last tile narrower).
-template <int W>
+// Rows [i0, i1), each in chunks of kCpuColumns columns.
 DMDL_PROP_INLINE void rows_impl(const Args& g, int64_t i0, int64_t i1) {
   for (int64_t i = i0; i < i1; ++i) {
-    int64_t k0 = 0;
-    for (; k0 + W <= g.k; k0 += W) {
-      row_tile<W>(g.crow, g.col, g.val, g.x, g.z, g.a, g.b, g.nnz, g.n_in, g.k, i, k0, W, g.out);
-    }
-    if (k0 < g.k) {
-      row_tile<W>(g.crow, g.col, g.val, g.x, g.z, g.a, g.b, g.nnz, g.n_in, g.k, i, k0,
-                         static_cast<int>(g.k - k0), g.out);
+    for (int64_t k0 = 0; k0 < g.k; k0 += kCpuColumns) {
+      const int64_t width = g.k - k0 < kCpuColumns ? g.k - k0 : kCpuColumns;
+      row_columns(g.crow, g.col, g.val, g.x, g.z, g.a, g.b, g.k, i, k0, width, nullptr, g.out);
     }
   }
 }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 // AVX2 without FMA: 8-lane products and sums, each rounded on its own as on the GPU.
-__attribute__((target("avx2"))) void rows_avx2(const Args& g, int64_t i0, int64_t i1) {
-  rows_impl<kCpuTileAvx>(g, i0, i1);
-}
+__attribute__((target("avx2"))) void rows_avx2(const Args& g, int64_t i0, int64_t i1) { rows_impl(g, i0, i1); }
 
 void rows(const Args& g, int64_t i0, int64_t i1) {
   static const bool avx2 = __builtin_cpu_supports("avx2");
   if (avx2) {
     rows_avx2(g, i0, i1);
   } else {
-    rows_impl<kCpuTileSse>(g, i0, i1);
+    rows_impl(g, i0, i1);
   }
 }
 #else
-void rows(const Args& g, int64_t i0, int64_t i1) { rows_impl<kCpuTileSse>(g, i0, i1); }
+void rows(const Args& g, int64_t i0, int64_t i1) { rows_impl(g, i0, i1); }
 #endif
 
 // Returns out [N_out, K] float32: out[i] = a * sum_p val[p] * x[col[p]] + b * z[i], accumulated in
@@ -81,9 +74,9 @@ at::Tensor propagate_cpu(const at::Tensor& crow, const at::Tensor& col, const at
   host::check_propagate_structure(cr.data_ptr<int64_t>(), n_out, cl.data_ptr<int32_t>(), nnz, n_in, kOp);
   at::Tensor out = at::empty({n_out, k}, x.options());
   if (n_out == 0 || k == 0) return out;
-  const Args g{cr.data_ptr<int64_t>(), cl.data_ptr<int32_t>(), vl.data_ptr<float>(), x.data_ptr<float>(),
-               zc.data_ptr<float>(),   out.data_ptr<float>(),  static_cast<float>(a), static_cast<float>(b),
-               nnz,                    n_in,                   k};
+  const Args g{cr.data_ptr<int64_t>(), cl.data_ptr<int32_t>(), vl.data_ptr<float>(),
+               x.data_ptr<float>(),    zc.data_ptr<float>(),   out.data_ptr<float>(),
+               static_cast<float>(a),  static_cast<float>(b),  k};
   // ~64k multiply-adds per task at the mean row length.
   const int64_t per_row = (nnz / n_out + 1) * k;
   at::parallel_for(0, n_out, std::max<int64_t>(1, 65536 / per_row), [&](int64_t i0, int64_t i1) { rows(g, i0, i1); });

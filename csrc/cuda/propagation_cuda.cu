@@ -1,12 +1,13 @@
 // CUDA kernel of dmdl::propagate, the label-propagation step of MULT (arXiv 2402.00672;
 // algorithm.md §B3 step 4; performance.md §4): out = a * A @ x + b * z with A a CSR affinity,
 // the same bits as the CPU kernel (csrc/cpu/propagation_cpu.cpp) through the same per-row code
-// (row_tile of dmdl/propagation.h, one column per thread).
+// (row_valid and row_columns of dmdl/propagation.h, one column per thread).
 //
 // A group of G threads per row (G = K rounded up to a warp, at most kThreads, a power of two so
 // that kThreads / G rows share a block; blocks grid-stride over rows). Thread t of a group computes
 // the columns t, t + G, ...: for each non-zero of the row, the group reads a contiguous piece of one
-// row of x (coalesced), the row's indices and values being the same address for every thread.
+// row of x (coalesced; kUnroll rows in flight), the row's indices and values being the same address
+// for every thread.
 //
 // Checks: only what needs no device-to-host copy (dtypes, devices, shapes, crow's length, K, a and
 // b; dmdl/propagation_host.h). The values of crow and col are not read on the host: a row whose
@@ -50,7 +51,15 @@ __global__ void __launch_bounds__(kThreads)
   const int t = threadIdx.x % group;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * rows_per_block;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * rows_per_block + threadIdx.x / group; i < n_out; i += stride) {
-    for (int64_t c = t; c < k; c += group) row_tile<1>(crow, col, val, x, z, a, b, nnz, n_in, k, i, c, 1, out);
+    const bool valid = row_valid(crow, col, nnz, n_in, i);
+    for (int64_t c = t; c < k; c += group) {
+      if (valid) {
+        float acc;  // a register
+        row_columns(crow, col, val, x, z, a, b, k, i, c, 1, &acc, out);
+      } else {
+        nan_columns(k, i, c, 1, out);
+      }
+    }
   }
 }
 

@@ -34,18 +34,19 @@ STRESS = {
                         ("kAccFloats = int64_t{1} << 28;", "kAccFloats = 700;")],
     "knn_cuda.cu": [("kTileFloats = int64_t{1} << 27;", "kTileFloats = 5000;"),
                     ("kScanScratchBytes = int64_t{1} << 28;", "kScanScratchBytes = 1;")],
+    "propagation_cuda.cu": [("kBlocksPerSM = 8;", "kBlocksPerSM = 1;")],
 }
 
 
 def generate(out: pathlib.Path, lib: str, stress: bool) -> list[str]:
     src = ROOT / "csrc"
     (out / "dmdl").mkdir(parents=True, exist_ok=True)
-    for h in ("host_device.h", "jaccard.h", "knn.h", "jaccard_host.h"):
+    for h in ("host_device.h", "jaccard.h", "knn.h", "jaccard_host.h", "propagation.h", "propagation_host.h"):
         (out / "dmdl" / h).write_text((src / "include/dmdl" / h).read_text())
     gpu = (src / "include/dmdl/gpu.cuh").read_text().replace("#include <cuda_runtime.h>", '#include "emu_cuda.h"')
     (out / "dmdl" / "gpu.cuh").write_text(gpu)
     sources = []
-    for f in ("knn_cuda.cu", "jaccard_cuda.cu"):
+    for f in ("knn_cuda.cu", "jaccard_cuda.cu", "propagation_cuda.cu"):
         s = (src / "cuda" / f).read_text()
         s = re.sub(r"#include <c10/cuda/[^>]+>\n", "", s)
         s = s.replace("#include <cuda_runtime.h>\n", '#include "emu_cuda.h"\n')
@@ -69,6 +70,8 @@ def generate(out: pathlib.Path, lib: str, stress: bool) -> list[str]:
                     f"TORCH_LIBRARY({lib}, m) {{\n"
                     '  m.def("knn(Tensor features, int k, str precision, int margin) -> (Tensor, Tensor)");\n'
                     '  m.def("jaccard_sparse(Tensor features, Tensor rank, int k2) -> (Tensor, Tensor, Tensor)");\n'
+                    '  m.def("propagate(Tensor crow, Tensor col, Tensor val, Tensor x, Tensor z, float a, float b) '
+                    '-> Tensor");\n'
                     "}\n")
     return [str(defs)] + sources
 
@@ -135,6 +138,59 @@ def main() -> int:
             failures += not ok
             print(f"{'ok  ' if ok else 'FAIL'} jaccard_sparse {name} k1={k1} k2={k2}: structure equal={same}, "
                   f"max |diff| {err:.1e}, nnz {want[1].numel()}", flush=True)
+
+    def random_csr(n_out, n_in, per_row, seed):
+        """(crow int64, col int32, val float32): about per_row entries per row, every third row empty."""
+        g = torch.Generator().manual_seed(seed)
+        counts = torch.randint(0, 2 * per_row + 1, (n_out,), generator=g)
+        counts[2::3] = 0
+        crow = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+        col = torch.randint(0, max(n_in, 1), (int(crow[-1]),), generator=g, dtype=torch.int32)
+        return crow, col, torch.rand(int(crow[-1]), generator=g)
+
+    def check_propagate(name, n_out, n_in, k, per_row, seed, corrupt=None):
+        """The emulated CUDA kernel against the CPU kernel (the same bits) and the float64 formula.
+        corrupt = "col" / "crow": row 1 gets a column >= N_in / pointers past nnz, and must come out NaN."""
+        nonlocal failures
+        crow, col, val = random_csr(n_out, n_in, per_row, seed)
+        g = torch.Generator().manual_seed(seed + 1)
+        x, z = torch.randn(n_in, k, generator=g), torch.randn(n_out, k, generator=g)
+        if corrupt is None:
+            got = ops.propagate(crow, col, val, x, z, 0.8, -0.3)
+            want = torch.ops.dmdl.propagate(crow, col, val, x, z, 0.8, -0.3)
+            rows = torch.repeat_interleave(torch.arange(n_out), crow.diff())
+            dense = torch.zeros(n_out, n_in, dtype=torch.float64).index_put_((rows, col.long()), val.double(),
+                                                                              accumulate=True)
+            ref = 0.8 * dense @ x.double() - 0.3 * z.double()
+            scale = 0.8 * dense.abs() @ x.double().abs() + 0.3 * z.double().abs()
+            ok = torch.equal(got, want) and bool(((got.double() - ref).abs() <= 1e-5 * scale).all())
+            detail = f"equal to CPU={torch.equal(got, want)}, nnz {col.numel()}"
+        else:
+            crow = torch.arange(n_out + 1) * 3  # 3 entries per row
+            col = torch.randint(0, n_in, (3 * n_out,), generator=g, dtype=torch.int32)
+            val = torch.rand(3 * n_out, generator=g)
+            bad = torch.zeros(n_out, dtype=torch.bool)
+            if corrupt == "col":
+                col[4] = n_in  # an entry of row 1
+                bad[1] = True
+            else:
+                crow[2:] = 3 * n_out + 5  # row 1 ends past nnz, the rows after it start there
+                bad[1:] = True
+            got = ops.propagate(crow, col, val, x, z, 0.8, -0.3)
+            ok = bool(torch.isnan(got[bad]).all()) and not bool(torch.isnan(got[~bad]).any())
+            detail = f"invalid {corrupt}: NaN rows only where invalid={ok}"
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} propagate {name} N_out={n_out} N_in={n_in} K={k}: {detail}", flush=True)
+
+    check_propagate("grid-stride", 300, 200, 37, 12, 0)
+    check_propagate("K=400", 40, 500, 400, 20, 1)
+    check_propagate("K=1", 130, 90, 1, 6, 2)
+    check_propagate("K=64", 70, 70, 64, 9, 3)
+    check_propagate("nnz=0", 30, 40, 33, 0, 4)
+    check_propagate("no rows", 0, 40, 5, 3, 5)
+    check_propagate("K=0", 20, 30, 0, 3, 6)
+    check_propagate("bad col", 12, 10, 40, 3, 7, corrupt="col")
+    check_propagate("bad crow", 12, 10, 40, 3, 8, corrupt="crow")
 
     check(clustered(200, 32, 0), "clustered 200x32",
           [(30, "fp32", 8), (30, "tf32", 8), (30, "bf16", 32), (30, "bf16", 0), (1, "fp32", 0), (5, "bf16", 2)],

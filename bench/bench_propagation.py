@@ -1,0 +1,127 @@
+"""Benchmark: one label-propagation step of MULT, ``Y <- a * A @ Y + b * Z``, on the CPU.
+
+Per (N, threads) group, same process, same inputs (performance.md §4-5): ``A`` the row-normalised
+``1 - Jaccard`` affinity of clustered features (``jaccard_distance(x, k1=30, k2=6)``, D = 256,
+clusters of ~20 as in bench_jaccard.py; its non-zeros per row are reported in ``extra_info``),
+``Y``, ``Z`` [N, K = 400] soft labels, ``a = b = 0.5`` (MULT's homogeneous step, algorithm.md §B3
+step 4):
+
+* ``ours``         — ``dmdl.ops.propagate(A_csr, Y, Z, a, b)``: the compiled op (the CSR as
+  ``jaccard_distance`` returns it, int32 indices; the row pointers are widened inside the timing).
+* ``torch_sparse`` — ``torch.addmm(Z, A_csr, Y, beta=b, alpha=a)`` on the same CSR tensor: what a
+  user of torch.sparse runs (``A_csr @ Y`` plus the scaled sum, in one call).
+* ``dense``        — ``torch.addmm(Z, A_dense, Y, beta=b, alpha=a)``: the reference code's dense
+  product with the N x N affinity (MULT builds it dense), one fp32 GEMM.
+* ``gemm_same_macs`` — the limit: a dense fp32 GEMM with the multiply-adds of the sparse product,
+  ``[N, r] @ [r, K]`` with r = nnz / N: the step's cost if its non-zeros formed a dense block
+  that the GEMM could reuse from cache (the SpMM gathers a different row of Y for each non-zero).
+
+    python -m pytest bench/bench_propagation.py                          # N = 4,000; 1 and 2 threads
+    python -m pytest bench/bench_propagation.py --run-slow               # also N = 12,000 and 22,000
+    DMDL_BENCH_N=4000,12000 DMDL_BENCH_THREADS=2 python -m pytest bench/bench_propagation.py
+    python -m pytest bench/bench_propagation.py --benchmark-disable      # CI: each body once
+
+No time is asserted; ``ours`` is checked to agree with ``torch_sparse`` and ``dense``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dmdl.ops import jaccard_distance, propagate, row_normalize
+
+K, D, K1, K2 = 400, 256, 30, 6
+A_COEF, B_COEF = 0.5, 0.5
+ROUNDS = 5
+VARIANTS = ["ours", "torch_sparse", "dense", "gemm_same_macs"]
+
+
+def _sizes():
+    env = os.environ.get("DMDL_BENCH_N")
+    if env:
+        return [pytest.param(int(n), id=f"N{int(n)}") for n in env.split(",") if n.strip()]
+    return [pytest.param(4000, id="N4000"),
+            pytest.param(12000, id="N12000", marks=pytest.mark.slow),
+            pytest.param(22000, id="N22000", marks=pytest.mark.slow)]
+
+
+def _threads():
+    env = os.environ.get("DMDL_BENCH_THREADS")
+    return [int(t) for t in env.split(",")] if env else [1, 2]
+
+
+def make_features(n: int, d: int = D, seed: int = 0) -> torch.Tensor:
+    """Clusters of ~20 around random centres, heavy noise: L2-normalised rows (bench_jaccard.py)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(max(2, n // 20), d, generator=g)
+    labels = torch.randint(0, centres.shape[0], (n,), generator=g)
+    return F.normalize(centres[labels] + 0.8 * torch.randn(n, d, generator=g), dim=1)
+
+
+_INPUTS: dict[int, dict] = {}
+
+
+def inputs(n: int) -> dict:
+    """The affinity (CSR and dense), labels and the GEMM of the limit for size n (one size cached)."""
+    if n not in _INPUTS:
+        _INPUTS.clear()
+        dist = jaccard_distance(make_features(n), K1, K2, output="sparse")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            aff = row_normalize(torch.sparse_csr_tensor(dist.crow_indices(), dist.col_indices(), 1.0 - dist.values(),
+                                                        size=(n, n), check_invariants=False))
+        del dist
+        g = torch.Generator().manual_seed(1)
+        y = torch.softmax(5.0 * torch.randn(n, K, generator=g), dim=1)
+        nnz = aff.values().numel()
+        r = max(1, round(nnz / n))
+        _INPUTS[n] = dict(aff=aff, y=y, nnz=nnz, r=r, dense=None,
+                          p=torch.rand(n, r, generator=g), q=torch.rand(r, K, generator=g))
+    return _INPUTS[n]
+
+
+def dense_affinity(inp: dict) -> torch.Tensor:
+    if inp["dense"] is None:
+        inp["dense"] = inp["aff"].to_dense()
+    return inp["dense"]
+
+
+@pytest.fixture(params=_threads(), ids=lambda t: f"threads{t}")
+def threads(request):
+    prev = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield torch.get_num_threads()
+    torch.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("n", _sizes())
+def test_propagation_step(benchmark, n, variant, threads):
+    inp = inputs(n)
+    aff, y = inp["aff"], inp["y"]
+    benchmark.group = f"propagation step N={n} K={K} threads={threads}"
+    benchmark.extra_info.update(n=n, k=K, threads=threads, variant=variant, nnz=inp["nnz"],
+                                nnz_per_row=round(inp["nnz"] / n, 1), density=inp["nnz"] / (n * n))
+    if variant == "ours":
+        fn, args = propagate, (aff, y, y, A_COEF, B_COEF)
+    elif variant == "torch_sparse":
+        fn, args = (lambda a_, y_: torch.addmm(y_, a_, y_, beta=B_COEF, alpha=A_COEF)), (aff, y)
+    elif variant == "dense":
+        fn, args = (lambda a_, y_: torch.addmm(y_, a_, y_, beta=B_COEF, alpha=A_COEF)), (dense_affinity(inp), y)
+    else:
+        z = torch.empty(n, K)
+        fn, args = (lambda p, q, z_: torch.addmm(z_, p, q, beta=B_COEF, alpha=A_COEF)), (inp["p"], inp["q"], z)
+    benchmark.pedantic(fn, args=args, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+
+    if variant in ("ours", "torch_sparse", "dense"):  # the same step, up to float32 rounding
+        got = fn(*args)
+        if variant == "ours":
+            want = torch.addmm(y, aff, y, beta=B_COEF, alpha=A_COEF)
+        else:
+            want = propagate(aff, y, y, A_COEF, B_COEF)
+        assert got.shape == (n, K) and (got - want).abs().max().item() <= 1e-5
