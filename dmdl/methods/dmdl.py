@@ -116,12 +116,16 @@ class DMDL:
         eng = self.engine
         anchor = self.anchor(epoch) if stage == 2 else None
         labels, stats, dists = {}, {}, {}
+        keep_dist = stage == 2 and cfg.association == "mult"  # MULT's transfer reads the Jaccard graphs
         for m in MODALITIES:
             k1 = cfg.k1_mapped if (stage == 2 and cfg.k1_mapped and m != anchor) else cfg.k1
+            kw = dict(k1=k1, k2=cfg.k2, eps=cfg.eps, min_samples=cfg.min_samples, renormalize=False,
+                      name=f"{m} training features")
             try:
-                labels[m], dists[m] = cluster_features(feats[m], k1=k1, k2=cfg.k2, eps=cfg.eps,
-                                                       min_samples=cfg.min_samples, renormalize=False,
-                                                       name=f"{m} training features", return_distance=True)
+                if keep_dist:
+                    labels[m], dists[m] = cluster_features(feats[m], return_distance=True, **kw)
+                else:
+                    labels[m] = cluster_features(feats[m], **kw)
             except NoClustersError:
                 labels[m] = np.full(len(feats[m]), -1, dtype=np.int64)  # the guard below says what to do
             if hasattr(eng, "check_clusters"):  # stops on no / one cluster, warns on many outliers
