@@ -326,40 +326,54 @@ def _unwrap_state_dict(obj: Any, source: str) -> Dict[str, Tensor]:
 
 
 def _apply_state_dict(model: AGW, state: Mapping[str, Tensor], source: str) -> LoadReport:
-    own = model.state_dict()
     backbone_keys = model.backbone_state_keys()
     if not any(k in state for k in backbone_keys):
         raise ValueError(
             f"{source} is not a ResNet state dict for {model.arch}: none of its "
             f"{len(state)} keys match the backbone (e.g. 'conv1.weight', 'layer1.0.bn1.weight')"
         )
-    missing = [k for k in backbone_keys if k not in state]
+    return load_backbone_keys(model, state, backbone_keys, source, model.arch, hint=" (wrong ResNet depth?)",
+                              silent_prefixes=("fc.",))
+
+
+def load_backbone_keys(model: nn.Module, state: Mapping[str, Tensor], keys: List[str], source: str, name: str,
+                       hint: str = "", silent_prefixes: Tuple[str, ...] = (), ignored: str = "unexpected keys",
+                       stacklevel: int = 4) -> LoadReport:
+    """Load ``keys`` of ``model`` from ``state``, checked: every key but ``num_batches_tracked``
+    present with the model's shape; the file's other keys are ignored with a warning (except
+    those starting with ``silent_prefixes``, e.g. a classifier).
+
+    Raises:
+        ValueError: keys missing or shapes that differ; the message names ``source`` and ``name``.
+    """
+    own = model.state_dict()
+    missing = [k for k in keys if k not in state]
     required_missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if required_missing:
         raise ValueError(
-            f"{source} does not match {model.arch}: {len(required_missing)} backbone keys "
+            f"{source} does not match {name}: {len(required_missing)} backbone keys "
             f"missing, e.g. {required_missing[:5]}"
         )
     mismatched = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in backbone_keys
+        for k in keys
         if k in state and state[k].shape != own[k].shape
     ]
     if mismatched:
         raise ValueError(
-            f"{source} does not match {model.arch}: {len(mismatched)} shape mismatches, "
-            f"e.g. {mismatched[:3]} (wrong ResNet depth?)"
+            f"{source} does not match {name}: {len(mismatched)} shape mismatches, "
+            f"e.g. {mismatched[:3]}{hint}"
         )
-    backbone_set = set(backbone_keys)
-    unexpected = [k for k in state if k not in backbone_set and not k.startswith("fc.")]
-    to_load = {k: state[k] for k in backbone_keys if k in state}
+    key_set = set(keys)
+    unexpected = [k for k in state if k not in key_set and not k.startswith(silent_prefixes)]
+    to_load = {k: state[k] for k in keys if k in state}
     result = model.load_state_dict(to_load, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
     if unexpected:
         warnings.warn(
-            f"load_pretrained: ignored {len(unexpected)} unexpected keys from {source}, "
+            f"load_pretrained: ignored {len(unexpected)} {ignored} from {source}, "
             f"e.g. {unexpected[:5]}",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return LoadReport(source=source, loaded=len(to_load), missing=missing, unexpected=unexpected)
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import copy
 import os
-import warnings
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .agw import LoadReport, load_pretrained
+from .agw import LoadReport, load_backbone_keys, load_pretrained
 from .layers import embed
 
 __all__ = ["MODALITY_NAMES", "TwoStream", "build_two_stream", "load_two_stream_pretrained"]
@@ -264,37 +263,8 @@ def load_two_stream_pretrained(model: TwoStream, state: Mapping[str, Tensor], so
             ``num_batches_tracked``) or shape mismatches; the message names the
             file, the architecture and examples.
     """
-    own = model.state_dict()
-    keys = model.backbone_state_keys()
-    missing = [k for k in keys if k not in state]
-    required = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if required:
-        raise ValueError(
-            f"{source} is a two-stream state dict that does not match a two-stream "
-            f"{model.arch}: {len(required)} backbone keys missing, e.g. {required[:5]}"
-        )
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in keys
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if mismatched:
-        raise ValueError(
-            f"{source} does not match a two-stream {model.arch}: {len(mismatched)} shape "
-            f"mismatches, e.g. {mismatched[:3]}"
-        )
-    key_set = set(keys)
-    unexpected = [k for k in state if k not in key_set]
-    to_load = {k: state[k] for k in keys if k in state}
-    result = model.load_state_dict(to_load, strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys
-    if unexpected:
-        warnings.warn(
-            f"load_pretrained: loaded the two-stream backbone only; ignored {len(unexpected)} "
-            f"other keys from {source}, e.g. {unexpected[:5]}",
-            stacklevel=3,
-        )
-    return LoadReport(source=source, loaded=len(to_load), missing=missing, unexpected=unexpected)
+    return load_backbone_keys(model, state, model.backbone_state_keys(), source, f"a two-stream {model.arch}",
+                              ignored="other keys (loaded the two-stream backbone only)")
 
 
 def build_two_stream(base: nn.Module, pretrained: Union[str, os.PathLike, None]) -> TwoStream:
