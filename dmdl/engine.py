@@ -22,12 +22,13 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from dmdl.config import Config, parse_trials  # noqa: F401  (parse_trials: re-exported)
 from dmdl.data.check import available_cores, open_dataset, preflight
@@ -53,6 +54,29 @@ LOG_FIELDS = (
     "loss_ms", "loss_ma", "loss_oclr", "seconds_transfer", "transfer_iterations",
     "seconds_features", "seconds_clustering", "seconds_training", "seconds", "test_mAP",
 )
+
+
+def run_steps(batches: Iterable, total: int, step: Callable[[Any], dict], desc: str) -> dict:
+    """The training steps of one epoch, for a method: ``step(batch)`` on each of ``total`` batches
+    (a progress bar shows the loss), a non-finite loss reported with its iteration.
+
+    Returns:
+        The mean over the steps of every float ``step`` returns (``loss`` and its parts).
+
+    Raises:
+        FloatingPointError: from ``step``, with ``iteration i/total`` prepended.
+    """
+    sums: dict[str, float] = {}
+    bar = tqdm(batches, total=total, desc=desc, leave=False, dynamic_ncols=True)
+    for it, batch in enumerate(bar):
+        try:
+            parts = step(batch)
+        except FloatingPointError as exc:  # name the iteration too
+            raise FloatingPointError(f"iteration {it + 1}/{total} of {exc}") from None
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v
+        bar.set_postfix(loss=f"{parts['loss']:.3f}")
+    return {k: v / max(total, 1) for k, v in sums.items()}
 
 
 def seed_everything(seed: int) -> None:

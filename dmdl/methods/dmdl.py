@@ -49,10 +49,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from dmdl.config import parse_schedule
 from dmdl.data.sampler import shared_identity_order
+from dmdl.engine import run_steps
 from dmdl.losses import cai_loss, mmd_loss, refined_targets, topk_prediction, triplet_loss, triplet_weight
 from dmdl.memories import MODALITIES, CrossModalMemory
 from dmdl.models.ghost_bn import dataparallel_order
@@ -234,20 +234,15 @@ class DMDL:
                 iters[m] = iter(loaders[m])
                 return next(iters[m])
 
+        def batches():
+            for _ in range(num_iters):
+                yield {m: next_batch(m) for m in MODALITIES}
+
+        def step(batch):
+            return self.step(batch, {m: kept[m][batch[m][3]] for m in MODALITIES}, plan)
+
         eng.model.train()
-        sums: dict[str, float] = {}
-        bar = tqdm(range(num_iters), desc=f"stage {stage} epoch {epoch}", leave=False, dynamic_ncols=True)
-        for it in bar:
-            batch = {m: next_batch(m) for m in MODALITIES}
-            certainty_batch = {m: kept[m][batch[m][3]] for m in MODALITIES}
-            try:
-                parts = self.step(batch, certainty_batch, plan)
-            except FloatingPointError as exc:  # name the iteration too
-                raise FloatingPointError(f"iteration {it + 1}/{num_iters} of {exc}") from None
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{parts['loss']:.3f}")
-        stats.update({k: v / max(num_iters, 1) for k, v in sums.items()})
+        stats.update(run_steps(batches(), num_iters, step, f"stage {stage} epoch {epoch}"))
         stats["seconds_features"] = round(t1 - t0, 1)
         stats["seconds_clustering"] = round(t2 - t1, 1)
         stats["seconds_training"] = round(time.time() - t2, 1)

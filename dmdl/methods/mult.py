@@ -44,13 +44,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.metrics import adjusted_rand_score
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from dmdl.data.loading import ImageListDataset, TwoViewDataset
 from dmdl.data.mult_sampler import cross_stage_batches, single_stage_batches
+from dmdl.engine import run_steps
 from dmdl.losses import oclr_loss
 from dmdl.ops import ClusterMemory, jaccard_distance
 from dmdl.pseudo_labels import dbscan_labels
@@ -183,19 +181,9 @@ class MULT:
         self.last_plan = plan
         loaders = self.loaders(plan)
         eng.model.train()
-        sums: dict[str, float] = {}
         n = len(plan.batches["visible"])
-        bar = tqdm(zip(loaders["visible"], loaders["infrared"]), total=n, desc=f"mult stage {stage} epoch {epoch}",
-                   leave=False, dynamic_ncols=True)
-        for it, (vis, ir) in enumerate(bar):
-            try:
-                parts = self.step(plan, vis, ir)
-            except FloatingPointError as exc:
-                raise FloatingPointError(f"iteration {it + 1}/{n} of {exc}") from None
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{parts['loss']:.3f}")
-        stats.update({k: v / max(n, 1) for k, v in sums.items()})
+        stats.update(run_steps(zip(loaders["visible"], loaders["infrared"]), n, lambda b: self.step(plan, *b),
+                               f"mult stage {stage} epoch {epoch}"))
         stats["seconds_features"] = round(t1 - t0, 1)
         stats["seconds_clustering"] = round(t2 - t1, 1)
         stats["seconds_training"] = round(time.time() - t2, 1)
@@ -230,7 +218,7 @@ class MULT:
         Raises:
             FloatingPointError: a non-finite loss.
         """
-        cfg, eng = self.cfg, self.engine
+        cfg = self.cfg
         v_img, a_img, _, idx_v = vis
         r_img, _, idx_r = ir
         fv, fa, fr = self._forward(v_img, a_img, r_img)
