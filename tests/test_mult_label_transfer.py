@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from dmdl.ops import jaccard_distance
-from dmdl.pseudo_labels import dbscan_labels
-from dmdl.pseudo_labels.mult import (dbscan_centers, heterogeneous_affinity, mult_label_transfer, mult_soft_labels,
-                                     sinkhorn_knopp, sinkhorn_plan)
+from dmdl.pseudo_labels import dbscan_labels, mult_label_transfer, mult_soft_labels  # the public names
+from dmdl.pseudo_labels.mult import dbscan_centers, heterogeneous_affinity, sinkhorn_knopp, sinkhorn_plan
 
 
 # ----------------------------------------------------------------------------- NumPy reference
