@@ -190,7 +190,7 @@ class MULT:
         return stats
 
     def checkpoint_state(self) -> dict:
-        """The last epoch's labels (hard, and the soft ones of the cross stage) for the checkpoint;
+        """The last epoch's hard labels and memories (as its steps left them) for the checkpoint;
         resuming does not need them (an epoch rebuilds everything from the model's features)."""
         plan = getattr(self, "last_plan", None)
         if plan is None:
