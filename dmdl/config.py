@@ -108,7 +108,8 @@ class Config:
     mult_alpha: float = 0.2  # weight of the initial labels in the label propagation (§B3 step 4)
     mult_beta: float = 0.7  # soft labels: beta onehot(argmax y) + (1 - beta) y (§B3 step 6)
     mult_lambda: float = 25.0  # Sinkhorn kernel exp(-lambda |f - c|^2) (§B3 step 2-3)
-    cross_affinity: str = "dense"  # heterogeneous affinity: "dense" Sinkhorn plan (MULT) or "knn" (sparse)
+    cross_affinity: str = "dense"  # heterogeneous affinity: "dense" Sinkhorn plan (MULT) or "knn" (sparse,
+    #                                  unbalanced; experimental: much worse labels on RegDB-half, see README)
     cross_k: int = 30  # neighbours per row of the "knn" heterogeneous affinity
     oclr_sharpen: float = 0.2  # OCLR target temperature (§B4)
     lambda_oclr: float = 1.0  # weight of L_oclr (1 in MULT)

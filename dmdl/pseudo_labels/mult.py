@@ -160,6 +160,7 @@ def heterogeneous_affinity(features_rgb: Tensor, features_ir: Tensor, lam: float
     pattern a balanced scaling need not exist (it diverges when some samples are nobody's
     neighbours). Within a row, the dense plan weighs columns by ``exp(-lam d^2) beta_j``, so the two
     differ by the column factors ``beta_j`` and by the far pairs (weights below ``exp(-lam gap)``).
+    Experimental: trained on RegDB-half it gave much worse labels than the dense plan (README).
 
     Returns:
         (A_RI (N_R, N_I), A_IR (N_I, N_R), Sinkhorn steps (0 for knn)): float32, dense or sparse CSR.
