@@ -4,7 +4,8 @@ Inside every epoch (the engine runs the epochs and the LR schedule, see :mod:`dm
 
 1. features of both modalities' training images: eval mode, each modality through its own stem of
    the two-stream backbone, L2-normalised (MULT: no flip; ``feature_flip``);
-2. per modality, the sparse k-reciprocal Jaccard distance and DBSCAN (:mod:`dmdl.pseudo_labels`);
+2. per modality, the sparse k-reciprocal Jaccard distance and DBSCAN
+   (:func:`dmdl.pseudo_labels.cluster_features`, keeping the distances for the label transfer);
    centroids = mean of the members' normalised features (§B1 step 3);
 3. stage 1 ("single", §B4): memories ``m_v`` (RGB clusters) and ``m_r`` (IR clusters), outliers
    dropped, loss ``CE(m_v(v), y) + CE(m_v(a), y) + CE(m_r(r), y)``;
@@ -50,8 +51,8 @@ from dmdl.data.loading import ImageListDataset, TwoViewDataset
 from dmdl.data.mult_sampler import cross_stage_batches, single_stage_batches
 from dmdl.engine import run_steps
 from dmdl.losses import oclr_loss
-from dmdl.ops import ClusterMemory, jaccard_distance
-from dmdl.pseudo_labels import dbscan_labels
+from dmdl.ops import ClusterMemory
+from dmdl.pseudo_labels import NoClustersError, cluster_features
 from dmdl.pseudo_labels.mult import dbscan_centers, mult_label_transfer, mult_soft_labels
 
 MODALITIES = ("visible", "infrared")
@@ -96,10 +97,13 @@ class MULT:
         labels, dists, centers, stats = {}, {}, {}, {}
         for m in MODALITIES:
             f = feats[m]
-            k1 = min(cfg.k1, f.shape[0])
-            dists[m] = jaccard_distance(f.contiguous(), k1=k1, k2=min(cfg.k2, k1), output="sparse")
-            labels[m] = dbscan_labels(dists[m], eps=cfg.eps, min_samples=cfg.min_samples)
-            eng.check_clusters(stage, epoch, m, labels[m], k1)
+            try:
+                labels[m], dists[m] = cluster_features(f, k1=cfg.k1, k2=cfg.k2, eps=cfg.eps, min_samples=cfg.min_samples,
+                                                       renormalize=False, name=f"{m} training features",
+                                                       return_distance=True)
+            except NoClustersError:
+                labels[m] = np.full(len(f), -1, dtype=np.int64)  # the guard below says what to do
+            eng.check_clusters(stage, epoch, m, labels[m], min(cfg.k1, len(f)))
             centers[m] = dbscan_centers(f, labels[m])
             stats[f"clusters_{m}"] = int(labels[m].max() + 1)
             stats[f"outliers_{m}"] = int((labels[m] < 0).sum())
