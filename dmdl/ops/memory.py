@@ -353,16 +353,18 @@ def _check_ref_update_args(memory: Tensor, features: Tensor, targets: Tensor, ro
                          f"got [{int(targets.min())}, {int(targets.max())}]")
 
 
-def cluster_centroids(features: Tensor, labels: Tensor, num_clusters: int | None = None) -> Tensor:
-    """L2-normalised mean feature of every cluster.
+def cluster_centroids(features: Tensor, labels: Tensor, num_clusters: int | None = None,
+                      normalize: bool = True) -> Tensor:
+    """L2-normalised (``normalize=False``: raw) mean feature of every cluster.
 
     Args:
         features: (N, D) float features.
         labels: (N,) int64 cluster ids; -1 (DBSCAN outlier) rows are ignored.
         num_clusters: K; defaults to ``labels.max() + 1``.
+        normalize: L2-normalise the means (memory initialisation) or not (MULT's centroids).
 
     Returns:
-        (K, D) float tensor of unit rows, on ``features.device``.
+        (K, D) float tensor (unit rows unless ``normalize`` is False), on ``features.device``.
 
     Raises:
         ValueError: when a cluster id in [0, K) has no member, or shapes mismatch.
@@ -378,7 +380,8 @@ def cluster_centroids(features: Tensor, labels: Tensor, num_clusters: int | None
     if (counts == 0).any():
         empty = torch.nonzero(counts == 0).flatten()[:5].tolist()
         raise ValueError(f"clusters {empty} have no member; labels must be contiguous 0..K-1")
-    return F.normalize(sums / counts.unsqueeze(1).to(features.dtype), dim=1)
+    means = sums / counts.unsqueeze(1).to(features.dtype)
+    return F.normalize(means, dim=1) if normalize else means
 
 
 class ClusterMemory(nn.Module):

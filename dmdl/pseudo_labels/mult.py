@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dmdl.ops.memory import cluster_centroids
 from dmdl.ops.propagation import propagate, row_normalize
 
 CROSS_AFFINITIES = ("dense", "knn")
@@ -87,9 +88,8 @@ def _scale(kmv, ktmv, shape, max_iter, tol, check_every, device):
     """The Sinkhorn-Knopp loop on a kernel given by its products ``K v`` and ``K^T v``."""
     m, n = shape
     beta = torch.full((n,), 1.0 / n, dtype=torch.float64, device=device)
-    alpha = torch.full((m,), 1.0 / m, dtype=torch.float64, device=device)
     err, step = float("inf"), 0
-    while err > tol and step < max_iter:
+    while err > tol and step < max_iter:  # max_iter >= 1: alpha is always set
         alpha = (1.0 / m) / kmv(beta)
         beta_new = (1.0 / n) / ktmv(alpha)
         if step % check_every == 0:
@@ -328,23 +328,16 @@ def mult_soft_labels(y: Tensor, beta: float = 0.7) -> Tensor:
 
 
 def dbscan_centers(features: Tensor, labels) -> Tensor:
-    """(K, D) mean of the (normalised) features of each DBSCAN cluster 0..K-1, not renormalised
-    (MULT's ``generate_center``; §B1 step 3). Outliers (-1) are ignored.
+    """(K, D) float32 mean of the (normalised) features of each DBSCAN cluster 0..K-1, not
+    renormalised (MULT's ``generate_center``; §B1 step 3). Outliers (-1) are ignored.
 
     Raises:
         ValueError: no cluster, or a cluster id in [0, K) without a member.
     """
     lab = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=features.device)
-    keep = lab >= 0
-    if not bool(keep.any()):
+    if not bool((lab >= 0).any()):
         raise ValueError("no cluster: every sample is an outlier")
-    k = int(lab.max()) + 1
-    counts = torch.bincount(lab[keep], minlength=k)
-    if bool((counts == 0).any()):
-        raise ValueError(f"cluster ids must be contiguous 0..{k - 1}; {int((counts == 0).sum())} have no member")
-    sums = torch.zeros(k, features.shape[1], dtype=torch.float32, device=features.device)
-    sums.index_add_(0, lab[keep], features[keep].float())
-    return sums / counts.unsqueeze(1).float()
+    return cluster_centroids(features.float(), lab, normalize=False)
 
 
 def mult_association(features_visible: Tensor, labels_visible, features_infrared: Tensor, labels_infrared,
