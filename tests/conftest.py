@@ -44,3 +44,24 @@ def regdb_mini() -> Path:
     if not (REGDB_MINI / "idx").is_dir():
         pytest.skip(f"real RegDB-mini data not found at {REGDB_MINI}")
     return REGDB_MINI
+
+
+@pytest.fixture
+def assert_evaluate_reproduces():
+    """``check(data_root, run_dir, trained)``: ``dmdl evaluate`` on the run's checkpoint exits 0 and
+    gives the RegDB trial-1 numbers ``train`` reported (``trained``: the ``results["trained"]``)."""
+    import json
+
+    from dmdl.cli import main
+    from dmdl.engine import CHECKPOINT_NAME
+
+    def check(data_root, run_dir, trained):
+        rc = main(["evaluate", "--dataset", "regdb", "--data-root", str(data_root),
+                   "--checkpoint", str(Path(run_dir) / CHECKPOINT_NAME), "--workers", "0"])
+        assert rc == 0
+        ev = json.loads((Path(run_dir) / "evaluation_regdb_trial1.json").read_text())
+        for direction in ("v2t", "t2v"):
+            for k, v in trained[direction].items():
+                assert ev["results"]["model"][direction][k] == pytest.approx(v, abs=1e-6)
+
+    return check

@@ -2,13 +2,11 @@
 checkpoint, evaluation through the two-stream backbone, and DMDL with the mult association."""
 
 import csv
-import json
 import warnings
 
 import pytest
 import torch
 
-from dmdl.cli import main
 from dmdl.config import load_config
 from dmdl.data.toy import make_toy_dataset
 from dmdl.engine import CHECKPOINT_NAME, Engine
@@ -24,7 +22,7 @@ def toy_root(tmp_path_factory):
     return str(make_toy_dataset(tmp_path_factory.mktemp("toy") / "RegDB", layout="regdb", num_ids=12, seed=0))
 
 
-def test_mult_trains_both_stages(toy_root, tmp_path):
+def test_mult_trains_both_stages(toy_root, tmp_path, assert_evaluate_reproduces):
     out = tmp_path / "mult"
     cfg = load_config("regdb-cpu-mult", TINY + ["--data-root", toy_root, "--output-dir", str(out),
                                                 "--stage1-epochs", "1", "--stage2-epochs", "2"])
@@ -45,13 +43,7 @@ def test_mult_trains_both_stages(toy_root, tmp_path):
     ckpt = torch.load(out / CHECKPOINT_NAME, map_location="cpu", weights_only=False)
     assert set(ckpt["memories"]) == {"v", "va", "rcm", "r", "ra", "vcm"}
     assert any(k.startswith("stem_infrared") for k in ckpt["model"])
-    rc = main(["evaluate", "--dataset", "regdb", "--data-root", toy_root,
-               "--checkpoint", str(out / CHECKPOINT_NAME), "--workers", "0"])
-    assert rc == 0
-    ev = json.loads((out / "evaluation_regdb_trial1.json").read_text())
-    for direction in ("v2t", "t2v"):
-        for k, v in results["trained"][direction].items():
-            assert ev["results"]["model"][direction][k] == pytest.approx(v, abs=1e-6)
+    assert_evaluate_reproduces(toy_root, out, results["trained"])
 
 
 def test_mult_refuses_a_one_stream_backbone(toy_root, tmp_path):

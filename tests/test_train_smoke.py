@@ -27,7 +27,7 @@ def _cfg(root, out, *extra):
     return load_config("regdb-cpu", TINY + ["--data-root", root, "--output-dir", str(out), *extra])
 
 
-def test_train_then_evaluate_reproduces(toy_root, tmp_path, capsys):
+def test_train_then_evaluate_reproduces(toy_root, tmp_path, capsys, assert_evaluate_reproduces):
     out = tmp_path / "run"
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -50,13 +50,7 @@ def test_train_then_evaluate_reproduces(toy_root, tmp_path, capsys):
     for key in ("seconds_features", "seconds_clustering", "seconds_training"):
         assert float(rows[0][key]) >= 0
 
-    rc = main(["evaluate", "--dataset", "regdb", "--data-root", toy_root,
-               "--checkpoint", str(out / CHECKPOINT_NAME), "--workers", "0"])
-    assert rc == 0
-    ev = json.loads((out / "evaluation_regdb_trial1.json").read_text())
-    for direction in ("v2t", "t2v"):
-        for k, v in results["trained"][direction].items():
-            assert ev["results"]["model"][direction][k] == pytest.approx(v, abs=1e-6)
+    assert_evaluate_reproduces(toy_root, out, results["trained"])
 
 
 def test_resume_continues_where_the_run_stopped(toy_root, tmp_path):
