@@ -8,18 +8,17 @@ import pytest
 import torch
 
 from dmdl.config import load_config
-from dmdl.data.toy import make_toy_dataset
 from dmdl.engine import CHECKPOINT_NAME, Engine
 
-TINY = [
+TINY = [  # as test_train_smoke.py
     "--height", "64", "--width", "32", "--iters", "2", "--batch-size", "16",
     "--num-instances", "4", "--k1", "6", "--k2", "2", "--eps", "0.5", "--workers", "0",
 ]
 
 
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    return str(make_toy_dataset(tmp_path_factory.mktemp("toy") / "RegDB", layout="regdb", num_ids=12, seed=0))
+@pytest.fixture
+def toy_root(toy_regdb):
+    return str(toy_regdb)  # conftest's session toy (12 ids), the one test_train_smoke generates too
 
 
 def test_mult_trains_both_stages(toy_root, tmp_path, assert_evaluate_reproduces):
