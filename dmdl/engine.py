@@ -31,13 +31,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dmdl.config import Config, parse_trials  # noqa: F401  (parse_trials: re-exported)
-from dmdl.data.check import available_cores, open_dataset, preflight
+from dmdl.data.check import available_cores, preflight
+from dmdl.data.registry import open_dataset
 from dmdl.data.loading import TwoViewDataset
 from dmdl.data.records import ImageRecord
 from dmdl.data.sampler import PseudoIdentitySampler
 from dmdl.data.transforms import train_views
 from dmdl.errors import CheckpointError, TrainingError
-from dmdl.evaluation.runner import METRIC_KEYS, evaluate_model, extract_features, format_table
+from dmdl.evaluation.runner import METRIC_KEYS, evaluate_model, format_table
+from dmdl.features import extract_features
 from dmdl.guards import check_clustering, non_finite_loss_message
 
 CHECKPOINT_NAME = "checkpoint.pth"

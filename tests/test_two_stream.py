@@ -9,7 +9,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from dmdl.evaluation.runner import extract_features
+from dmdl.features import extract_features
 from dmdl.models import AGW, MobileNetV2ReID, TwoStream, build_model, load_pretrained
 from dmdl.models import agw as agw_mod
 from dmdl.models.ghost_bn import convert_ghost_batchnorm, dataparallel_order
