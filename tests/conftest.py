@@ -53,7 +53,7 @@ def assert_evaluate_reproduces():
     import json
 
     from dmdl.cli import main
-    from dmdl.engine import CHECKPOINT_NAME
+    from dmdl.rundir import CHECKPOINT_NAME
 
     def check(data_root, run_dir, trained):
         rc = main(["evaluate", "--dataset", "regdb", "--data-root", str(data_root),

@@ -47,6 +47,7 @@ def run_reference(name: str, data_root: str, out: Path) -> dict:
     the MD5 of the last epoch's pseudo-labels."""
     from dmdl.config import load_config
     from dmdl.engine import Engine
+    from dmdl.methods import get_method
 
     preset, extra = RUNS[name]
     cfg = load_config(preset, TINY + extra + ["--data-root", data_root, "--output-dir", str(out)])
@@ -55,7 +56,7 @@ def run_reference(name: str, data_root: str, out: Path) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            results = Engine(cfg).run()
+            results = Engine(cfg, get_method(cfg)).run()
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(det)
