@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_int_vector
+from ._checks import check_floating_matrix, check_int_vector
 
 __all__ = ["cai_loss"]
 
@@ -57,9 +57,7 @@ def cai_loss(features: Tensor, memory_v: Tensor, memory_i: Tensor, ids_v: Tensor
             duplicated; ``prior_v`` outside [0, 1] (or NaN); a memory with positive prior but no
             rows; ``temperature`` not > 0.
     """
-    if features.dim() != 2 or not features.is_floating_point():
-        raise ValueError(f"features must be a floating (B, D) tensor, got shape {tuple(features.shape)} "
-                         f"and dtype {features.dtype}")
+    check_floating_matrix("features", features)
     bsz, dim = features.shape
     if targets.dim() != 2 or not targets.is_floating_point() or targets.shape[0] != bsz:
         raise ValueError(f"targets must be a floating ({bsz}, K) tensor, got shape {tuple(targets.shape)} "

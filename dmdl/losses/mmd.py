@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import check_floating_matrix
+
 __all__ = ["mmd_loss"]
 
 
@@ -40,10 +42,8 @@ def mmd_loss(source: Tensor, target: Tensor) -> Tensor:
     Raises:
         ValueError: an input is not a 2-D floating tensor; the shapes differ; n < 2; the dtypes differ.
     """
-    for name, t in (("source", source), ("target", target)):
-        if t.dim() != 2 or not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating (n, D) tensor, got shape {tuple(t.shape)} "
-                             f"and dtype {t.dtype}")
+    check_floating_matrix("source", source, "(n, D)")
+    check_floating_matrix("target", target, "(n, D)")
     if source.shape != target.shape:
         raise ValueError(f"source and target must have the same (n, D) shape, got {tuple(source.shape)} "
                          f"and {tuple(target.shape)}")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_int_vector
+from ._checks import check_floating_matrix, check_int_vector
 
 __all__ = ["refined_targets", "topk_prediction"]
 
@@ -41,9 +41,7 @@ def topk_prediction(features: Tensor, memory: Tensor, k: int, temperature: float
         ValueError: ``features`` not a floating (B, D) tensor; ``memory`` not (K, D) with K >= 1;
             ``k < 1``; ``temperature`` not > 0.
     """
-    if features.dim() != 2 or not features.is_floating_point():
-        raise ValueError(f"features must be a floating (B, D) tensor, got shape {tuple(features.shape)} "
-                         f"and dtype {features.dtype}")
+    check_floating_matrix("features", features)
     if memory.dim() != 2 or memory.shape[1] != features.shape[1] or memory.shape[0] < 1:
         raise ValueError(f"memory must have shape (K >= 1, {features.shape[1]}), got {tuple(memory.shape)}")
     if int(k) < 1:
@@ -82,9 +80,7 @@ def refined_targets(labels: Tensor, certainty: Tensor, swapped_prediction: Tenso
     Raises:
         ValueError: wrong shapes or dtypes; a label outside [0, K); a certainty outside [0, 1].
     """
-    if swapped_prediction.dim() != 2 or not swapped_prediction.is_floating_point():
-        raise ValueError(f"swapped_prediction must be a floating (B, K) tensor, got shape "
-                         f"{tuple(swapped_prediction.shape)} and dtype {swapped_prediction.dtype}")
+    check_floating_matrix("swapped_prediction", swapped_prediction, "(B, K)")
     bsz, num_classes = swapped_prediction.shape
     check_int_vector("labels", labels, bsz)
     if certainty.dim() != 1 or certainty.shape[0] != bsz or not certainty.is_floating_point():

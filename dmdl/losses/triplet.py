@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checks import check_floating_matrix
+
 __all__ = ["STAGE1_TRIPLET_SCHEDULE", "STAGE2_TRIPLET_SCHEDULE", "triplet_loss", "triplet_weight"]
 
 #: λ_tri of stage 1 (algorithm.md §A4.4/§A8): 0 for epochs 0–15, 0.25 for 16–25, 0.5 for 26–35, 1.0 after.
@@ -55,9 +57,7 @@ def triplet_loss(features: Tensor, labels: Tensor, margin: float = 0.3) -> Tenso
         ValueError: ``features`` is not 2-D or not floating; ``labels`` is not a 1-D integer
             tensor with ``B`` entries; a label is negative.
     """
-    if features.dim() != 2 or not features.is_floating_point():
-        raise ValueError(f"features must be a floating (B, D) tensor, got {tuple(features.shape)} "
-                         f"of dtype {features.dtype}")
+    check_floating_matrix("features", features)
     if labels.dim() != 1 or labels.shape[0] != features.shape[0]:
         raise ValueError(f"labels must have shape ({features.shape[0]},) to match features "
                          f"{tuple(features.shape)}, got {tuple(labels.shape)}")
