@@ -32,7 +32,6 @@ __all__ = [
     "mobilenet_v2_imagenet_file",
     "read_state_dict",
     "torchvision_imagenet_state",
-    "unwrap_state_dict",
 ]
 
 _DOWNLOAD_TIMEOUT_S = 15.0
@@ -42,7 +41,7 @@ _MOBILENET_WEIGHTS_RESOURCE = ("embedder", "weights", "mobilenetv2_bottleneck_wt
 
 @dataclass
 class LoadReport:
-    """What :func:`load_pretrained` did.
+    """What :func:`dmdl.models.load_pretrained` (or a family's loader) did.
 
     Attributes:
         source: the file path or URL the weights came from, or "none".
@@ -100,7 +99,7 @@ def load_backbone_keys(model: nn.Module, state: Mapping[str, Tensor], keys: List
     return LoadReport(source=source, loaded=len(to_load), missing=missing, unexpected=unexpected)
 
 
-def unwrap_state_dict(obj: Any, source: str, what: str) -> Dict[str, Tensor]:
+def _unwrap_state_dict(obj: Any, source: str, what: str) -> Dict[str, Tensor]:
     """The state dict inside a loaded object: a ``{"state_dict": ...}`` wrapper is opened and a
     ``module.`` prefix (``nn.DataParallel``) is stripped from every key.
 
@@ -130,8 +129,8 @@ def unwrap_state_dict(obj: Any, source: str, what: str) -> Dict[str, Tensor]:
 
 
 def read_state_dict(path: Union[str, os.PathLike], what: str) -> Dict[str, Tensor]:
-    """Read a state-dict file onto the CPU with ``torch.load(weights_only=True)`` and
-    :func:`unwrap_state_dict` it.
+    """Read a state-dict file onto the CPU with ``torch.load(weights_only=True)``; a
+    ``{"state_dict": ...}`` wrapper is opened and ``module.`` prefixes are stripped.
 
     Args:
         path: the ``.pth``/``.pt`` file.
@@ -158,7 +157,7 @@ def read_state_dict(path: Union[str, os.PathLike], what: str) -> Dict[str, Tenso
             f"could not read {path!r} as a {what} state dict (truncated or corrupt "
             f"file?): {type(err).__name__}: {err}"
         ) from err
-    return unwrap_state_dict(obj, repr(path), what)
+    return _unwrap_state_dict(obj, repr(path), what)
 
 
 def _hub_cache_path(url: str) -> str:
@@ -206,7 +205,7 @@ def torchvision_imagenet_state(weights_enum: str, arch: str, what: str) -> Tuple
         ) from err
     finally:
         socket.setdefaulttimeout(old_timeout)
-    return unwrap_state_dict(state, url, what), url
+    return _unwrap_state_dict(state, url, what), url
 
 
 def mobilenet_v2_imagenet_file():
