@@ -11,7 +11,7 @@ from PIL import Image
 
 from dmdl.features import extract_features
 from dmdl.models import AGW, MobileNetV2ReID, TwoStream, build_model, load_pretrained
-from dmdl.models import agw as agw_mod
+from dmdl.models import weights as weights_mod
 from dmdl.models.ghost_bn import convert_ghost_batchnorm, dataparallel_order
 
 X = (6, 3, 64, 32)
@@ -235,7 +235,7 @@ def test_both_stems_load_the_same_file_weights(tmp_path):
 def test_both_stems_load_the_imagenet_weights(monkeypatch, tmp_path):
     _, state = _resnet18_file(tmp_path, seed=4)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # empty cache
-    monkeypatch.setattr(agw_mod, "_download_state_dict", lambda weights: state)
+    monkeypatch.setattr(weights_mod, "_download_state_dict", lambda weights: state)
     ts = build_model("resnet18", "imagenet", two_stream=True)
     _assert_backbone_from(ts, state)
 
