@@ -27,7 +27,6 @@ from dmdl.data.registry import get_dataset
 from dmdl.errors import CheckpointError, TrainingError
 from dmdl.evaluation.runner import evaluate_model, format_table
 from dmdl.guards import non_finite_loss_message
-from dmdl.methods.base import Method
 from dmdl.rundir import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, RESULTS_NAME, TEST_SELECTED_NAME
 from dmdl.training.checkpoint import (RESUME_KEYS, atomic_save, load_checkpoint, next_epoch, resolve_resume,
                                       rng_state, set_rng_state, truncate_log)
@@ -79,7 +78,7 @@ class Engine:
         self.scheduler = None
         self._optim_state = None
         self.last_checkpoint: tuple[Path, int, int] | None = None  # (file, stage, epoch) of the last good one
-        self.method: Method = method(self.ctx, cfg)
+        self.method = method(self.ctx, cfg)  # a dmdl.methods.base.Method
         if resume is not None:
             self._resume(resume)
         (self.out / CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2))

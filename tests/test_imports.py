@@ -20,7 +20,10 @@ import pytest
 import dmdl
 
 #: The subpackages checked for cycles among their own modules; "dmdl" means the whole package.
-PACKAGES = ["dmdl.models", "dmdl.losses"]
+PACKAGES = ["dmdl", "dmdl.models", "dmdl.losses"]
+#: The modules outside dmdl.methods that may import it: the package root (it registers the methods'
+#: config sections) and the command line (it picks the method class it hands to the engine).
+METHOD_IMPORTERS = {"dmdl", "dmdl.cli"}
 
 Graph = dict[str, dict[str, int]]  # module -> {imported module: line of the first such import}
 
@@ -140,6 +143,15 @@ def test_no_import_cycle(dmdl_graph, package):
     assert len(sub) > 1, f"{package}: no modules found below {Path(dmdl.__file__).parent}"
     cycles = find_cycles(sub)
     assert not cycles, "\n".join(describe(sub, c, modules) for c in cycles)
+
+
+def test_nothing_below_the_methods_imports_them(dmdl_graph):
+    # the engine, the training services and everything below get the method from their caller
+    graph, modules = dmdl_graph
+    wrong = [f"{v} -> {w} ({modules[v].name}:{line})" for v, edges in sorted(graph.items())
+             if not v.startswith("dmdl.methods") and v not in METHOD_IMPORTERS
+             for w, line in sorted(edges.items()) if w == "dmdl.methods" or w.startswith("dmdl.methods.")]
+    assert not wrong, "\n".join(wrong)
 
 
 def test_graph_sees_the_package_imports(dmdl_graph):

@@ -30,13 +30,15 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from dmdl.modalities import MODALITIES
+
 from .layers import embed
 from .weights import LoadReport, load_backbone_keys, read_state_dict
 
 __all__ = ["MODALITY_NAMES", "TwoStream", "load_two_stream_pretrained", "read_two_stream_state"]
 
 #: The modality names :meth:`TwoStream.forward` accepts as strings.
-MODALITY_NAMES: Tuple[str, str] = ("visible", "infrared")
+MODALITY_NAMES: Tuple[str, str] = MODALITIES
 
 _STEM_PREFIXES = ("stem_visible.", "stem_infrared.")
 
