@@ -31,7 +31,7 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 # followed by a name and another "/"
 _ABSOLUTE = re.compile(r"(?:^|[\s`'\"(=\[])(/[A-Za-z0-9_.+-]+/)")
 _FORBIDDEN = ("../shared", "/work/")
-_TARGET = re.compile(r"docs/([A-Za-z0-9_.-]+\.md)(?:#([^\s,;)]+))?")
+_CITATION_TOKEN = re.compile(r"docs/(?P<page>[\w.-]+?\.md)|#(?P<frag>[A-Za-z0-9](?:[\w.]|-(?!#))*)")
 
 
 def github_slug(text: str) -> str:
@@ -141,18 +141,18 @@ def check_citation_map(docs: Path = DOCS) -> list[str]:
             problems.append(f"docs/_citations.tsv:{no}: no replacement")
             continue
         current = None
-        for page, frag in _TARGET.findall(cols[1]):
-            current = page
-            if page not in table:
-                table[page] = anchors(docs / page) if (docs / page).is_file() else set()
-                if not (docs / page).is_file():
-                    problems.append(f"docs/_citations.tsv:{no}: no page docs/{page}")
-            if frag and frag not in table[page]:
-                problems.append(f"docs/_citations.tsv:{no}: no anchor #{frag} in docs/{page}")
-        # "#A5.5" after a "docs/dmdl.md#A4.1, " in the same replacement refers to that page
-        for frag in re.findall(r"(?<![\w/.])#([A-Za-z0-9][\w.-]*)", cols[1]):
-            if current and frag not in table.get(current, set()):
-                problems.append(f"docs/_citations.tsv:{no}: no anchor #{frag} in docs/{current}")
+        # "docs/dmdl.md#A4.1, #A5.5" (a bare "#anchor" is on the page named last), "#A3-#A5" (a range)
+        for m in _CITATION_TOKEN.finditer(cols[1]):
+            if m.group("page"):
+                current = m.group("page")
+                if current not in table:
+                    table[current] = anchors(docs / current) if (docs / current).is_file() else set()
+                    if not (docs / current).is_file():
+                        problems.append(f"docs/_citations.tsv:{no}: no page docs/{current}")
+            elif current is None:
+                problems.append(f"docs/_citations.tsv:{no}: #{m.group('frag')} before any docs/<page>.md")
+            elif m.group("frag") not in table[current]:
+                problems.append(f"docs/_citations.tsv:{no}: no anchor #{m.group('frag')} in docs/{current}")
         if current is None:
             problems.append(f"docs/_citations.tsv:{no}: replacement names no docs/<page>.md")
     return problems
