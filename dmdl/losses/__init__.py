@@ -13,7 +13,7 @@ from .mmd import mmd_loss
 from .oclr import oclr_loss
 from .refinement import refined_targets, topk_prediction
 from .soft_ce import soft_cross_entropy
-from .triplet import STAGE1_TRIPLET_SCHEDULE, STAGE2_TRIPLET_SCHEDULE, triplet_loss, triplet_weight
+from .triplet import triplet_loss, triplet_weight
 
 __all__ = [
     "triplet_loss",
@@ -23,7 +23,5 @@ __all__ = [
     "cai_loss",
     "topk_prediction",
     "refined_targets",
-    "STAGE1_TRIPLET_SCHEDULE",
-    "STAGE2_TRIPLET_SCHEDULE",
     "oclr_loss",
 ]

@@ -1,8 +1,9 @@
 """Batch-hard triplet loss and its λ_tri(e) schedules (algorithm.md §A4.4, §A5.5, §A8).
 
 :func:`triplet_loss` is the AGW/ADCA/DMDL ``TripletLoss`` (Hermans et al. 2017, batch-hard);
-:func:`triplet_weight` reads a piecewise-constant schedule such as
-:data:`STAGE1_TRIPLET_SCHEDULE` or :data:`STAGE2_TRIPLET_SCHEDULE`.
+:func:`triplet_weight` reads a piecewise-constant schedule, such as DMDL's ``stage1_triplet`` /
+``stage2_triplet`` config keys parsed by :func:`dmdl.config.parse_schedule` (their defaults are
+the published schedules; the config is their one source).
 """
 
 from __future__ import annotations
@@ -16,12 +17,7 @@ from torch import Tensor
 
 from ._checks import check_floating_matrix
 
-__all__ = ["STAGE1_TRIPLET_SCHEDULE", "STAGE2_TRIPLET_SCHEDULE", "triplet_loss", "triplet_weight"]
-
-#: λ_tri of stage 1 (algorithm.md §A4.4/§A8): 0 for epochs 0–15, 0.25 for 16–25, 0.5 for 26–35, 1.0 after.
-STAGE1_TRIPLET_SCHEDULE: tuple[tuple[int, float], ...] = ((0, 0.0), (16, 0.25), (26, 0.5), (36, 1.0))
-#: λ_tri of stage 2 (algorithm.md §A5.5/§A8): 0 for epochs 0–10, 0.5 for 11–20, 1.0 after.
-STAGE2_TRIPLET_SCHEDULE: tuple[tuple[int, float], ...] = ((0, 0.0), (11, 0.5), (21, 1.0))
+__all__ = ["triplet_loss", "triplet_weight"]
 
 
 def triplet_loss(features: Tensor, labels: Tensor, margin: float = 0.3) -> Tensor:
@@ -89,7 +85,7 @@ def triplet_weight(schedule: Sequence[tuple[int, float]], epoch: int) -> float:
 
     Args:
         schedule: ``(first_epoch, weight)`` pairs, strictly increasing in ``first_epoch``,
-            weights finite and >= 0 (e.g. ``STAGE1_TRIPLET_SCHEDULE``).
+            weights finite and >= 0 (e.g. ``((0, 0.0), (16, 0.25))``).
         epoch: 0-based epoch of the stage.
 
     Returns:
