@@ -223,3 +223,49 @@ def test_mult_presets_and_iters_per_stage():
     with pytest.raises(ValueError, match="association"):
         load_config("regdb", ["--association", "lp"])
     assert load_config("regdb", ["--association", "mult"]).method.association == "mult"
+
+
+# ---- sections: keys owned by one section, read by the method or refused ----
+
+
+def test_a_key_the_method_does_not_read_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="--cai is a key of method dmdl; this run's method is mult"):
+        load_config("regdb-cpu-mult", ["--cai", "true"])  # even at DMDL's default value
+    with pytest.raises(ValueError, match="--lambda-oclr is a key of method mult"):
+        load_config("regdb-cpu", ["--lambda-oclr", "1"])
+    with pytest.raises(ValueError, match=r"--mult-alpha \(transfer section\) is not read by method dmdl.*association "
+                                         r"is imca"):
+        load_config("regdb-cpu", ["--mult-alpha", "0.3"])
+    cfg = load_config("regdb-cpu", ["--association", "mult", "--mult-alpha", "0.3"])
+    assert cfg.transfer.mult_alpha == 0.3 and cfg.to_dict()["mult_alpha"] == 0.3
+    assert "mult_alpha" not in load_config("regdb-cpu").to_dict()  # a section the run does not read is not saved
+
+
+def test_sections_own_their_keys_and_defaults():
+    from dmdl.config import SHARED_SECTIONS, key_owners
+
+    for method, preset in (("dmdl", "regdb-cpu"), ("mult", "regdb-cpu-mult")):
+        owners = key_owners(method)
+        cfg = load_config(preset)
+        for key, section in owners.items():  # every key in exactly one section, reachable by its name
+            assert hasattr(getattr(cfg, section.section), key)
+    import dataclasses
+
+    shared = [f.name for cls in SHARED_SECTIONS for f in dataclasses.fields(cls)]
+    assert len(shared) == len(set(shared))
+    assert load_config({"method": "dmdl"}).method.momentum == 0.2  # §A8
+    assert load_config({"method": "mult", "two_stream": True, "batch_size": 64, "num_instances": 16}
+                       ).method.momentum == 0.1  # §B4
+
+
+def test_a_config_json_of_the_flat_version_still_reads():
+    """v0.4 saved every key of every method in config.json and checkpoints: keys this run does not
+    read are dropped when they hold their default; anything else is refused."""
+    from dmdl.config import config_from_saved
+
+    old_mult = dict(load_config({}).to_dict(), **flat("regdb-cpu-mult"))  # DMDL's keys at their defaults
+    cfg = config_from_saved(old_mult)
+    assert cfg.method.name == "mult" and cfg.model.two_stream and cfg.method.momentum == 0.1
+    assert load_config(old_mult, ["--k1", "7"]).clustering.k1 == 7
+    with pytest.raises(ValueError, match="--lambda-cai is a key of method dmdl"):
+        config_from_saved(dict(old_mult, lambda_cai=0.9))
