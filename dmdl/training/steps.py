@@ -10,6 +10,7 @@ Data flow of one epoch (each method composes these): images -> features
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -29,6 +30,27 @@ def epoch_seed(seed: int, stage: int, epoch: int) -> int:
     """The seed of one epoch's samplers: distinct for every (run seed, stage, epoch), and the same
     on a resumed run."""
     return seed * 100003 + stage * 1000 + epoch
+
+
+class PhaseClock:
+    """Seconds spent in the phases of an epoch, as log fields: each :meth:`lap` ends a phase
+    (``features``, ``clustering``, ``training``) and records ``seconds_<phase>``."""
+
+    def __init__(self):
+        self.stats: dict[str, float] = {}
+        self._t = time.time()
+
+    def lap(self, phase: str) -> None:
+        now = time.time()
+        self.stats[f"seconds_{phase}"] = round(now - self._t, 1)
+        self._t = now
+
+
+def clustering_features(ctx: RunContext, clustering: ClusteringConfig, stage: int) -> dict[str, Tensor]:
+    """Both modalities' training features for clustering in ``stage``: flip-averaged per
+    ``feature_flip``, L2-renormalised per ``renormalize`` (see :meth:`RunContext.features`)."""
+    return {m: ctx.features(m, renormalize=clustering.renormalized(stage), flip=clustering.feature_flip)
+            for m in MODALITIES}
 
 
 def cluster_modalities(ctx: RunContext, features: Mapping[str, Tensor], clustering: ClusteringConfig, where: str,
@@ -119,6 +141,33 @@ def optimizer_step(ctx: RunContext, loss: Tensor, where: str) -> None:
     ctx.scaler.update()
 
 
+def run_epoch(ctx: RunContext, clustering: ClusteringConfig, stage: int, plan: Callable[[dict], tuple[Any, dict]],
+              batches: Callable[[Any], tuple[Iterable, int]], step: Callable[[Any, Any], dict],
+              desc: str) -> tuple[Any, dict]:
+    """The skeleton of a method's epoch: clustering features (:func:`clustering_features`) ->
+    ``plan(features)`` (pseudo-labels, memories: the method's) -> ``batches(plan)`` (an iterable
+    and its length) -> ``step(plan, batch)`` for each batch in training mode (:func:`run_steps`).
+
+    Returns:
+        (the plan, the epoch's log fields: the plan's, the mean step results and the seconds of
+        each phase, ``seconds_features``, ``seconds_clustering``, ``seconds_training``).
+
+    Raises:
+        FloatingPointError: from ``step``, with the iteration named.
+    """
+    clock = PhaseClock()
+    feats = clustering_features(ctx, clustering, stage)
+    clock.lap("features")
+    the_plan, stats = plan(feats)
+    clock.lap("clustering")
+    it, total = batches(the_plan)
+    ctx.model.train()
+    stats.update(run_steps(it, total, lambda b: step(the_plan, b), desc))
+    clock.lap("training")
+    stats.update(clock.stats)
+    return the_plan, stats
+
+
 def run_steps(batches: Iterable, total: int, step: Callable[[Any], dict], desc: str) -> dict:
     """The training steps of one epoch: ``step(batch)`` on each of ``total`` batches (a progress
     bar on a terminal shows the loss), a non-finite loss reported with its iteration.
@@ -142,4 +191,5 @@ def run_steps(batches: Iterable, total: int, step: Callable[[Any], dict], desc: 
     return {k: v / max(total, 1) for k, v in sums.items()}
 
 
-__all__ = ["epoch_seed", "cluster_modalities", "forward_views", "optimizer_step", "run_steps"]
+__all__ = ["epoch_seed", "PhaseClock", "clustering_features", "cluster_modalities", "forward_views", "optimizer_step", "run_epoch",
+           "run_steps"]

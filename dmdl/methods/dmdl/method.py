@@ -25,8 +25,6 @@ same effect on every loss).
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,7 +40,7 @@ from dmdl.methods.dmdl.step import EpochPlan, certainty_rows, dmdl_losses, dmdl_
 from dmdl.modalities import INFRARED, MODALITIES, VISIBLE
 from dmdl.pseudo_labels import associate, certainty, nearest_sample_matching
 from dmdl.training.context import RunContext
-from dmdl.training.steps import cluster_modalities, epoch_seed, forward_views, optimizer_step, run_steps
+from dmdl.training.steps import cluster_modalities, epoch_seed, forward_views, optimizer_step, run_epoch
 
 
 class DMDL:
@@ -196,25 +194,15 @@ class DMDL:
             yield batch, {m: kept[m][batch[m][3]] for m in MODALITIES}
 
     def epoch(self, stage: int, epoch: int) -> dict:
-        """Features, the epoch's plan and the stage's training steps; returns log fields."""
+        """Features, the epoch's plan and the stage's training steps (:func:`run_epoch`); returns log fields."""
         num_iters = self.cfg.schedule.iters_for(stage)
-        t0 = time.time()
-        renorm = self.cfg.clustering.renormalized(stage)
-        feats = {m: self.ctx.features(m, renormalize=renorm, flip=self.cfg.clustering.feature_flip)
-                 for m in MODALITIES}
-        t1 = time.time()
-        plan, stats = self.plan(stage, epoch, feats)
-        t2 = time.time()
         seed = epoch_seed(self.cfg.run.seed, stage, epoch)
+        plan, stats = run_epoch(self.ctx, self.cfg.clustering, stage, lambda f: self.plan(stage, epoch, f),
+                                lambda p: (self.batches(p, seed, num_iters), num_iters),
+                                lambda p, b: self.step(*b, p), f"stage {stage} epoch {epoch}")
         self.last_plan = plan  # for the checkpoint (see state_dict)
         self.last_sampler = {"seeds": {m: seed + 1 + i for i, m in enumerate(MODALITIES)}, "batches": num_iters,
                              "paired": plan.inter}
-        self.ctx.model.train()
-        stats.update(run_steps(self.batches(plan, seed, num_iters), num_iters, lambda b: self.step(*b, plan),
-                               f"stage {stage} epoch {epoch}"))
-        stats["seconds_features"] = round(t1 - t0, 1)
-        stats["seconds_clustering"] = round(t2 - t1, 1)
-        stats["seconds_training"] = round(time.time() - t2, 1)
         return stats
 
     def step(self, batch: dict, certainty_batch: dict, plan: EpochPlan) -> dict:

@@ -39,7 +39,7 @@ from dmdl.methods.mult.step import MultPlan, mult_losses, mult_memory_updates
 from dmdl.modalities import INFRARED, MODALITIES, VISIBLE
 from dmdl.pseudo_labels.mult import dbscan_centers, mult_label_transfer, mult_soft_labels
 from dmdl.training.context import RunContext
-from dmdl.training.steps import cluster_modalities, epoch_seed, forward_views, optimizer_step, run_steps
+from dmdl.training.steps import cluster_modalities, epoch_seed, forward_views, optimizer_step, run_epoch
 
 #: memory name -> the modality whose DBSCAN centroids initialise it (§B4)
 MEMORY_CLUSTERS = {"v": VISIBLE, "va": VISIBLE, "rcm": VISIBLE, "r": INFRARED, "ra": INFRARED, "vcm": INFRARED}
@@ -132,23 +132,13 @@ class MULT:
 
     # ------------------------------------------------------------------ one epoch
     def epoch(self, stage: int, epoch: int) -> dict:
-        """Features, the epoch's plan and its training steps; returns log fields."""
-        t0 = time.time()
-        clustering = self.cfg.clustering
-        feats = {m: self.ctx.features(m, renormalize=clustering.renormalized(stage), flip=clustering.feature_flip)
-                 for m in MODALITIES}
-        t1 = time.time()
-        plan, stats = self.plan(stage, epoch, feats)
-        t2 = time.time()
-        self.last_plan = plan
-        loaders = self.loaders(plan)
-        self.ctx.model.train()
-        n = len(plan.batches[VISIBLE])
-        stats.update(run_steps(zip(loaders[VISIBLE], loaders[INFRARED]), n, lambda b: self.step(plan, *b),
-                               f"mult stage {stage} epoch {epoch}"))
-        stats["seconds_features"] = round(t1 - t0, 1)
-        stats["seconds_clustering"] = round(t2 - t1, 1)
-        stats["seconds_training"] = round(time.time() - t2, 1)
+        """Features, the epoch's plan and its training steps (:func:`run_epoch`); returns log fields."""
+        def batches(plan: MultPlan):
+            loaders = self.loaders(plan)
+            return zip(loaders[VISIBLE], loaders[INFRARED]), len(plan.batches[VISIBLE])
+
+        self.last_plan, stats = run_epoch(self.ctx, self.cfg.clustering, stage, lambda f: self.plan(stage, epoch, f),
+                                          batches, lambda p, b: self.step(p, *b), f"mult stage {stage} epoch {epoch}")
         return stats
 
     def step(self, plan: MultPlan, vis: tuple, ir: tuple) -> dict:
