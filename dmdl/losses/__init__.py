@@ -8,7 +8,7 @@ prediction P̂, §A4.3, and the refined targets ỹ, §A7.2) and :mod:`.oclr` (M
 This package only re-exports them.
 """
 
-from .cai import cai_loss
+from .cai import cai_loss, cai_loss_from_logits
 from .mmd import mmd_loss
 from .oclr import oclr_loss
 from .refinement import refined_targets, topk_prediction
@@ -21,6 +21,7 @@ __all__ = [
     "triplet_weight",
     "mmd_loss",
     "cai_loss",
+    "cai_loss_from_logits",
     "topk_prediction",
     "refined_targets",
     "oclr_loss",

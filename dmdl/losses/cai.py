@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ._checks import check_floating_matrix, check_int_vector
 
-__all__ = ["cai_loss"]
+__all__ = ["cai_loss", "cai_loss_from_logits"]
 
 
 def cai_loss(features: Tensor, memory_v: Tensor, memory_i: Tensor, ids_v: Tensor, ids_i: Tensor,
@@ -85,16 +85,37 @@ def cai_loss(features: Tensor, memory_v: Tensor, memory_i: Tensor, ids_v: Tensor
         branches.append((memory, ids, prior))
 
     f_hat = F.normalize(features, dim=1)
+    logits = [f_hat @ memory.detach().to(device=features.device, dtype=features.dtype).t() / temperature
+              if prior > 0 else None for memory, _, prior in branches]
+    return cai_loss_from_logits(logits[0], logits[1], ids_v, ids_i, prior_v, targets)
+
+
+def cai_loss_from_logits(logits_v: Tensor | None, logits_i: Tensor | None, ids_v: Tensor, ids_i: Tensor,
+                         prior_v: float, targets: Tensor) -> Tensor:
+    """``L_cai`` from the two memories' logits ``f̂ M_cᵀ / T`` (see :func:`cai_loss`, which checks the
+    arguments and computes them): the released code's form, where each logit matrix is the output
+    of a memory read (its gradient may be taken against the memory of another moment, see
+    :class:`dmdl.memories.ReadTape`).
+
+    Args:
+        logits_v, logits_i: (B, |P_c|) floating logits over each memory's rows (already divided by
+            the temperature), or None for a modality whose prior is 0 (not evaluated).
+        ids_v, ids_i, prior_v, targets: as :func:`cai_loss` (not checked again here).
+
+    Returns:
+        A scalar tensor of the logits' dtype and device.
+    """
+    ref = logits_v if logits_v is not None else logits_i
+    bsz, num_classes = targets.shape
     log_p = []
-    for memory, ids, prior in branches:
-        full = features.new_full((bsz, num_classes), float("-inf"))
-        if prior > 0:
-            mem = memory.detach().to(device=features.device, dtype=features.dtype)
-            log_s = F.log_softmax(f_hat @ mem.t() / temperature, dim=1) + math.log(prior)  # (B, |P_c|)
-            full = full.index_copy(1, ids.to(features.device), log_s)  # (B, K), -inf at absent ids
+    for logits, ids, prior in ((logits_v, ids_v, prior_v), (logits_i, ids_i, 1.0 - prior_v)):
+        full = ref.new_full((bsz, num_classes), float("-inf"))
+        if logits is not None and prior > 0:
+            log_s = F.log_softmax(logits, dim=1) + math.log(prior)  # (B, |P_c|)
+            full = full.index_copy(1, ids.to(ref.device), log_s)  # (B, K), -inf at absent ids
         log_p.append(full)
 
-    targets = targets.to(dtype=features.dtype, device=features.device)
+    targets = targets.to(dtype=ref.dtype, device=ref.device)
     support = targets > 0
     # Double `where` so that entries off the support (possibly -inf/-inf) give no NaN gradient.
     log_pv = torch.where(support, log_p[0], torch.zeros_like(log_p[0]))
