@@ -43,6 +43,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmdl.modalities import MODALITIES
@@ -201,3 +202,81 @@ class CrossModalMemory(nn.Module):
         self.rows(name, labels)  # range check of the label-space ids
         self.memories[name].update(features.detach(), labels.to(self.id_to_row[name].device), momentum,
                                    row_ids=self.row_ids(name))
+
+
+@dataclass
+class MemoryRead:
+    """One read of a memory by a batch of features (a call of the released code's memory op).
+
+    Attributes:
+        memory: the memory's name.
+        features: (B, D) L2-normalised features, connected to the model's graph.
+        logits: (B, K) leaf tensor ``features @ M^T`` at the time of the read (requires grad).
+        labels: (B,) label-space ids the read updates its memory with; momentum: None or (B,).
+    """
+
+    memory: str
+    features: Tensor
+    logits: Tensor
+    labels: Tensor
+    momentum: Tensor | None = None
+
+
+class ReadTape:
+    """The released code's memory semantics for one step (``memory_semantics: reference``).
+
+    In the released DMDL and MULT code (Cluster-Contrast's ``CM`` pattern) every call of a memory is
+    an autograd node whose *backward* computes the feature gradient against the memory buffer as it
+    is at that moment, then updates that buffer with the call's samples; autograd runs the node
+    created last first. When a memory is read more than once in a step, an earlier read's gradient
+    is therefore taken against a memory that a later read's samples have already moved, and the
+    updates land in reverse creation order.
+
+    :meth:`read` records a read and returns its logits ``f̂ M^T / T`` (computed with the memory as
+    it is at the read, as the released forward does); the losses are built from them. Then
+    :meth:`objective` replays the released backward explicitly: the gradient of the loss with
+    respect to every read's logits, then, from the last read to the first, the feature gradient
+    ``g M_live`` and the read's momentum update (:meth:`CrossModalMemory.update`, the fused op); it
+    returns the objective whose ``backward()`` gives the model the released gradients.
+
+    Args:
+        memory: the step's memories.
+    """
+
+    def __init__(self, memory: CrossModalMemory):
+        self.memory = memory
+        self.reads: list[MemoryRead] = []
+
+    def read(self, name: str, features: Tensor, labels: Tensor, momentum: Tensor | None = None) -> Tensor:
+        """Read memory ``name`` with (B, D) raw ``features`` (normalised here); the read will
+        update the memory with them and ``labels`` (B,) label-space ids (ids without a row are
+        skipped) in :meth:`objective`.
+
+        Returns:
+            (B, K_name) logits ``normalize(features) @ M^T / T``, differentiable; their gradient
+            reaches ``features`` only through :meth:`objective`.
+        """
+        mem = self.memory.memories[name]
+        f_hat = F.normalize(features.float(), dim=1)
+        z = (f_hat.detach() @ mem.features.t()).requires_grad_()
+        self.reads.append(MemoryRead(name, f_hat, z, labels, momentum))
+        return z / mem.temperature
+
+    def objective(self, loss: Tensor) -> Tensor:
+        """Run the released backward of the reads (see the class docstring): memories updated in
+        place, last read first; returns ``loss + sum_k <f̂_k, g_k M_k>`` with the feature gradients
+        ``g_k M_k`` detached, whose gradient with respect to the model is the released step's.
+
+        Raises:
+            FloatingPointError: ``loss`` is NaN or infinite (nothing is updated).
+        """
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss is {loss.item()}; lower the learning rate (--lr)")
+        grads = torch.autograd.grad(loss, [r.logits for r in self.reads], retain_graph=True, allow_unused=True)
+        objective = loss
+        for read, g in reversed(list(zip(self.reads, grads))):
+            if g is not None:
+                v = g @ self.memory.memories[read.memory].features  # the memory as it stands now
+                objective = objective + (read.features * v).sum()
+            self.memory.update(read.memory, read.features.detach(), read.labels, read.momentum)
+        return objective

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from dmdl.config import ClusteringConfig
 from dmdl.guards import check_clustering
+from dmdl.memories import ReadTape
 from dmdl.modalities import MODALITIES
 from dmdl.models.ghost_bn import replica_order
 from dmdl.progress import progress
@@ -125,18 +126,20 @@ def forward_views(ctx: RunContext, views: list[Tensor], infrared: Tensor) -> Ten
     return out if perm is None else out[torch.argsort(perm)]
 
 
-def optimizer_step(ctx: RunContext, loss: Tensor, where: str) -> None:
+def optimizer_step(ctx: RunContext, loss: Tensor, where: str, tape: ReadTape | None = None) -> None:
     """One optimiser step on ``loss`` through the gradient scaler (zero grad, backward, step,
-    scaler update).
+    scaler update). With a ``tape`` (the released memory semantics), the backward is the tape's
+    :meth:`~dmdl.memories.ReadTape.objective` (which also updates the read memories, last read first).
 
     Raises:
         FloatingPointError: the loss is NaN or infinite (``where`` names the moment); nothing is
-            stepped.
+            stepped or updated.
     """
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{where}: the loss is {loss.item()}; lower the learning rate (--lr)")
+    objective = loss if tape is None else tape.objective(loss)
     ctx.optimizer.zero_grad(set_to_none=True)
-    ctx.scaler.scale(loss).backward()
+    ctx.scaler.scale(objective).backward()
     ctx.scaler.step(ctx.optimizer)
     ctx.scaler.update()
 
