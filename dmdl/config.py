@@ -72,8 +72,19 @@ class RunConfig(Section):
     deterministic: bool = False  # deterministic kernels: a resumed run ends as an uninterrupted one
     eval_untrained: bool = True
     amp: bool = True  # fp16 autocast + GradScaler on CUDA (the reference's default); ignored on the CPU
+    # with amp on CUDA: the losses under fp16 autocast with TF32 matmuls too, as the released DMDL;
+    # false: losses in fp32 (the model's forward stays under autocast)
+    amp_losses: bool = True
+    # "reference": every memory read's gradient is taken against the memory as it stands when the
+    # released code's backward reaches it, and the reads update their memories last read first (the
+    # released DMDL / MULT step); "forward": every loss against the forward-time memories, updates
+    # after backward() in the documented order (dmdl.memories)
+    memory_semantics: str = "reference"
     # model selection (algorithm.md §A1.2 step 9): also report the epoch with the best TEST mAP (the reference's leak)
     select_on_test: bool = False
+
+    def check(self, cfg: "Config") -> None:
+        one_of(self, "memory_semantics", ("reference", "forward"))
 
 
 @dataclass
@@ -86,6 +97,9 @@ class DataConfig(Section):
     trial: int = 1  # RegDB: split 1..10 the model is trained on; SYSU/LLCM: unused
     height: int = 288
     width: int = 144
+    # resize of the clustering and test images: "bicubic", "bilinear", or "auto": the method's own
+    # (DMDL bicubic, MULT bilinear, as their released code)
+    resize: str = "auto"
     # per-modality batch = (batch_size / num_instances) pseudo-identities x num_instances images
     batch_size: int = 128
     num_instances: int = 16
@@ -95,6 +109,7 @@ class DataConfig(Section):
     check_images: bool = True  # decode every image before the run starts (names the bad files)
 
     def check(self, cfg: "Config") -> None:
+        one_of(self, "resize", ("auto", "bicubic", "bilinear"))
         info = get_dataset(self.dataset) if self.dataset in DATASET_NAMES else None
         if info is None:
             raise ValueError(f"dataset must be one of {DATASET_NAMES}, got {self.dataset!r}")
@@ -223,11 +238,13 @@ class MethodConfig(Section):
     Attributes:
         name: the method's config name (``--method``).
         method_class: import path ``"module:Class"`` of the method (see :mod:`dmdl.methods.base`).
+        resize: the method's resize of clustering and test images (``data.resize: auto``).
     """
 
     section: ClassVar[str] = "method"
     name: ClassVar[str] = ""
     method_class: ClassVar[str] = ""
+    resize: ClassVar[str] = "bicubic"
 
     def unread(self, section: str) -> str | None:
         """None when this method, with these settings, reads the shared section ``section``; else
@@ -270,6 +287,11 @@ class Config:
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     method: MethodConfig = field(default_factory=lambda: _method_config("dmdl")())
+
+    def resize(self) -> str:
+        """The interpolation of clustering and test image resizing: ``data.resize``, or the method's
+        own when it is ``auto``."""
+        return self.method.resize if self.data.resize == "auto" else self.data.resize
 
     def sections(self) -> list[Section]:
         """The shared sections, then the method's."""

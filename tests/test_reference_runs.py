@@ -1,7 +1,9 @@
 """Reference runs: a tiny deterministic run of each method, held against numbers recorded from an
 earlier version of the code, so that a refactoring that changes behaviour fails here.
 
-Each run trains on conftest's toy RegDB (12 ids) with ``--deterministic`` on one thread: DMDL for
+Each run trains on conftest's toy RegDB (12 ids) with ``--deterministic`` on one thread, with the
+switches that give v0.4's behaviour (``--memory-semantics forward --resize bicubic``, DMDL's
+``--inter-sampler redraw``): DMDL for
 1 + 3 epochs (stage 2 with both anchors, the refined targets from epoch 1, the paired
 inter-modality epoch 2, two ghost-BN groups), MULT for 1 + 2 epochs (both unified label spaces).
 
@@ -29,10 +31,12 @@ import torch
 
 TINY = ["--height", "64", "--width", "32", "--iters", "2", "--batch-size", "16", "--num-instances", "4",
         "--k1", "6", "--k2", "2", "--eps", "0.5", "--workers", "0", "--eval-untrained", "false",
-        "--deterministic", "true"]
+        "--deterministic", "true",
+        # v0.4's behaviour where v0.5 follows the released code by default (README, Decisions)
+        "--memory-semantics", "forward", "--resize", "bicubic"]
 RUNS = {
     "dmdl": ("regdb-cpu", ["--stage1-epochs", "1", "--stage2-epochs", "3", "--refine-from-stage2", "1",
-                           "--inter-modality-from", "2", "--ghost-bn-groups", "2"]),
+                           "--inter-modality-from", "2", "--ghost-bn-groups", "2", "--inter-sampler", "redraw"]),
     "mult": ("regdb-cpu-mult", ["--stage1-epochs", "1", "--stage2-epochs", "2"]),
 }
 EXACT = ("stage", "epoch", "lr", "clusters_visible", "outliers_visible", "clusters_infrared", "outliers_infrared",

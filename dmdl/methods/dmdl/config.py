@@ -55,6 +55,9 @@ class DMDLConfig(MethodConfig):
     swap_predictions: bool = True  # False: each view's own prediction ("w/o exchange", Fig. 5)
     adaptive_momentum: bool = True  # shared memory eta_x = 0.2/max(q, 0.2); False: fixed `momentum`
     inter_modality_from: int = 25  # first stage-2 epoch with paired-identity batches (-1: never)
+    # the paired sampler's identity groups: "replay" (drawn once per epoch and replayed on every pass
+    # of the loader, as the released sampler) or "redraw" (fresh groups on every pass)
+    inter_sampler: str = "replay"
 
     def check(self, cfg: Config) -> None:
         if not 0.0 <= self.momentum < 1.0:
@@ -72,6 +75,7 @@ class DMDLConfig(MethodConfig):
         one_of(self, "matching", ("cluster", "regdb-cycle"))
         one_of(self, "cross_memory", ("anchor", "shared"))
         one_of(self, "certainty_loss", ("prob", "log"))
+        one_of(self, "inter_sampler", ("replay", "redraw"))
 
     def unread(self, section: str) -> str | None:
         if section == "transfer" and self.association != "mult":

@@ -20,7 +20,10 @@ Every memory loss and update runs :func:`dmdl.ops.memory_loss` / :func:`dmdl.ops
 (through :class:`dmdl.memories.CrossModalMemory`); CAI needs raw logits and keeps its own matmuls.
 The shared memory takes DMDL's adaptive momentum (paper Eqs. 12-13; the reference applies it in
 the forward pass, after the predictions it feeds are taken; here after ``backward()``, with the
-same effect on every loss).
+same effect on every loss). ``memory_semantics`` picks the released step (``reference``, the
+default) or the forward-time one (``forward``), see :mod:`dmdl.methods.dmdl.step`; with ``amp``
+and ``amp_losses`` on CUDA the losses run under fp16 autocast with TF32 matmuls, as the released
+code.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from dmdl.data.sampler import PseudoIdentitySampler, shared_identity_order
 from dmdl.data.transforms import train_views
 from dmdl.losses import triplet_weight
 from dmdl.memories import CrossModalMemory
-from dmdl.methods.dmdl.step import EpochPlan, certainty_rows, dmdl_losses, dmdl_memory_updates
+from dmdl.methods.dmdl.step import (EpochPlan, certainty_rows, dmdl_losses, dmdl_memory_updates, dmdl_reference_losses,
+                                   shared_memory_updates)
 from dmdl.modalities import INFRARED, MODALITIES, VISIBLE
 from dmdl.pseudo_labels import associate, certainty, nearest_sample_matching
 from dmdl.training.context import RunContext
@@ -157,8 +161,9 @@ class DMDL:
         Batches are ``(view0, view1, label, index)``, ``batch_size`` images of ``batch_size /
         num_instances`` pseudo-identities, drawn by the camera-aware :class:`PseudoIdentitySampler`;
         samples labelled -1 are left out, and ``index`` counts the labelled samples in their
-        original order. ``id_order``: paired-identity batches (§A5.6, see the sampler). The
-        infrared second view is the pseudo-colour view with ``cbt_data`` (see :func:`train_views`).
+        original order. ``id_order``: paired-identity batches (§A5.6, see the sampler), replayed on
+        every pass with ``inter_sampler: replay``. The infrared second view is the pseudo-colour view
+        with ``cbt_data`` (see :func:`train_views`).
         """
         ctx, data, dmdl = self.ctx, self.cfg.data, self.dmdl
         keep = np.flatnonzero(labels >= 0)
@@ -169,7 +174,8 @@ class DMDL:
                                         pseudo_color=dmdl.cbt_data),
                             cache=ctx.image_cache)
         sampler = PseudoIdentitySampler(labels[keep], [r.camid for r in recs], data.num_instances, seed=seed,
-                                        min_length=data.batch_size, id_order=id_order)
+                                        min_length=data.batch_size, id_order=id_order,
+                                        replay=id_order is not None and dmdl.inter_sampler == "replay")
         return DataLoader(ds, batch_size=data.batch_size, sampler=sampler, num_workers=ctx.workers,
                           drop_last=True, pin_memory=ctx.device.type == "cuda")
 
@@ -228,9 +234,17 @@ class DMDL:
             w[m] = torch.cat([certainty_batch[m], certainty_batch[m]]).to(device)
         n = len(y[VISIBLE])
         out = forward_views(self.ctx, views, torch.arange(2 * n) >= n)
-        loss, parts, targets = dmdl_losses(out, y, w, plan, self.dmdl)
-        optimizer_step(self.ctx, loss, f"stage {plan.stage} epoch {plan.epoch}")
-        plan.memory.apply(dmdl_memory_updates(out, y, targets, plan, self.dmdl))  # the documented order
+        where = f"stage {plan.stage} epoch {plan.epoch}"
+        with self.ctx.loss_precision():
+            if self.cfg.run.memory_semantics == "reference" and plan.stage == 2:
+                loss, parts, targets, tape = dmdl_reference_losses(out, y, w, plan, self.dmdl)
+            else:  # stage 1 reads every memory once: both semantics give this step
+                (loss, parts, targets), tape = dmdl_losses(out, y, w, plan, self.dmdl), None
+        optimizer_step(self.ctx, loss, where, tape)  # with a tape: the released backward, memories updated
+        if tape is None:
+            plan.memory.apply(dmdl_memory_updates(out, y, targets, plan, self.dmdl))  # the documented order
+        else:
+            plan.memory.apply(shared_memory_updates(out, y, targets, plan, self.dmdl))
         res = {k: v.item() for k, v in parts.items()}
         res["loss"] = loss.item()
         return res

@@ -16,10 +16,22 @@ labels and w^c their certainties:
   MMD(f^I_o, f^I_a)`` (``cbt_feature``);
 - ``loss = L_id + lambda_cai L_cai + cross_weight L_cross + lambda_tri(e) L_tri + lambda_fa L_mmd``.
 
-Memory updates (:func:`dmdl_memory_updates`, applied after ``backward()``): visible <- visible
-samples; infrared <- infrared samples; stage 2: the anchor modality's memory <- the mapped
-modality's samples (§A5.5), then the shared memory <- infrared samples, then visible samples, with
-DMDL's adaptive momentum ``eta_x = m / max(ỹ_x[y_x], m)`` (Eqs. 12-13) when ``adaptive_momentum``.
+Two memory semantics (the run's ``memory_semantics``):
+
+- ``forward`` (:func:`dmdl_losses`, :func:`dmdl_memory_updates`): every loss against the
+  forward-time memories; after ``backward()``: visible <- visible samples; infrared <- infrared
+  samples; stage 2: the anchor modality's memory <- the mapped modality's samples (§A5.5), then
+  the shared memory <- infrared samples, then visible samples, with DMDL's adaptive momentum
+  ``eta_x = m / max(ỹ_x[y_x], m)`` (Eqs. 12-13) when ``adaptive_momentum``;
+- ``reference`` (:func:`dmdl_reference_losses`, stage 2; stage 1 reads each memory once, where
+  both semantics give the same step): the released code's reads (:class:`dmdl.memories.ReadTape`),
+  created as its infrared call then its visible call create them, each call reading the visible
+  memory then the infrared one: its own memory, and the anchor memory when its samples are the
+  mapped modality (the semi-cross update; otherwise a forward-time product). The backward takes
+  each read's gradient against the memory as it then stands and updates it, last read first: on
+  even epochs (infrared anchor) the anchor memory receives the visible samples before its own
+  infrared ones, and the infrared gradient sees the moved memory. The shared memory is updated as
+  under ``forward`` (:func:`shared_memory_updates`; nothing reads it backward).
 """
 
 from __future__ import annotations
@@ -31,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dmdl.losses import cai_loss, mmd_loss, refined_targets, topk_prediction, triplet_loss
-from dmdl.memories import CrossModalMemory, MemoryUpdate
+from dmdl.losses import cai_loss, cai_loss_from_logits, mmd_loss, refined_targets, topk_prediction, triplet_loss
+from dmdl.memories import CrossModalMemory, MemoryUpdate, ReadTape
 from dmdl.methods.dmdl.config import DMDLConfig
 from dmdl.modalities import INFRARED, MODALITIES, VISIBLE, other
 
@@ -120,6 +132,20 @@ def split_modalities(features: Tensor) -> dict:
     return {VISIBLE: features[:n], INFRARED: features[n:]}
 
 
+def _triplet_and_mmd(features: Tensor, f: dict, y: dict, plan: EpochPlan, cfg: DMDLConfig) -> tuple[Tensor, Tensor]:
+    """(L_tri, L_mmd) of a step (module docstring); zero where their switches are off."""
+    tri = mmd = features.new_zeros(())
+    if plan.w_tri > 0:
+        tri = triplet_loss(f[VISIBLE], y[VISIBLE], cfg.triplet_margin) + \
+            triplet_loss(f[INFRARED], y[INFRARED], cfg.triplet_margin)
+        if plan.inter:  # cross-modality term over the paired batch (§A5.6)
+            tri = tri + triplet_loss(features, torch.cat([y[VISIBLE], y[INFRARED]]), cfg.triplet_margin)
+    if cfg.cbt_feature:
+        b = f[VISIBLE].shape[0] // 2
+        mmd = mmd_loss(f[VISIBLE][:b], f[VISIBLE][b:]) + mmd_loss(f[INFRARED][:b], f[INFRARED][b:])
+    return tri, mmd
+
+
 def dmdl_losses(features: Tensor, y: dict, w: dict, plan: EpochPlan, cfg: DMDLConfig) -> tuple[Tensor, dict, dict]:
     """The loss of one DMDL step (module docstring).
 
@@ -143,15 +169,7 @@ def dmdl_losses(features: Tensor, y: dict, w: dict, plan: EpochPlan, cfg: DMDLCo
     targets: dict[str, Tensor] = {}
     if plan.stage == 2:
         parts["loss_cai"], parts["loss_cross"], targets = _stage2_terms(f, y, w, plan, cfg)
-    if plan.w_tri > 0:
-        parts["loss_triplet"] = triplet_loss(f[VISIBLE], y[VISIBLE], cfg.triplet_margin) + \
-            triplet_loss(f[INFRARED], y[INFRARED], cfg.triplet_margin)
-        if plan.inter:  # cross-modality term over the paired batch (§A5.6)
-            parts["loss_triplet"] = parts["loss_triplet"] + triplet_loss(
-                features, torch.cat([y[VISIBLE], y[INFRARED]]), cfg.triplet_margin)
-    if cfg.cbt_feature:
-        b = f[VISIBLE].shape[0] // 2
-        parts["loss_mmd"] = mmd_loss(f[VISIBLE][:b], f[VISIBLE][b:]) + mmd_loss(f[INFRARED][:b], f[INFRARED][b:])
+    parts["loss_triplet"], parts["loss_mmd"] = _triplet_and_mmd(features, f, y, plan, cfg)
     loss = (parts["loss_id"] + cfg.lambda_cai * parts["loss_cai"] + cfg.cross_weight * parts["loss_cross"]
             + plan.w_tri * parts["loss_triplet"] + cfg.lambda_fa * parts["loss_mmd"])
     return loss, parts, targets
@@ -159,7 +177,8 @@ def dmdl_losses(features: Tensor, y: dict, w: dict, plan: EpochPlan, cfg: DMDLCo
 
 def dmdl_memory_updates(features: Tensor, y: dict, targets: dict, plan: EpochPlan,
                         cfg: DMDLConfig) -> list[MemoryUpdate]:
-    """The memory updates of one step, in the order they are applied (module docstring).
+    """The memory updates of one step under ``forward`` semantics, in the order they are applied
+    (module docstring).
 
     Args:
         features, y: as :func:`dmdl_losses` (features are detached here).
@@ -170,13 +189,72 @@ def dmdl_memory_updates(features: Tensor, y: dict, targets: dict, plan: EpochPla
     if plan.stage == 2:
         mapped = other(plan.anchor)
         updates.append(MemoryUpdate(plan.anchor, f[mapped], y[mapped]))  # semi-cross-modality update (§A5.5)
-        for m in (INFRARED, VISIBLE):  # the reference's order: IR memory forward first
-            mu = None
-            if cfg.adaptive_momentum and m in targets:  # eta_x = 0.2 / max(q, 0.2) (Eqs. 12-13)
-                q = targets[m].gather(1, y[m].unsqueeze(1)).squeeze(1)
-                mu = cfg.momentum / q.clamp_min(cfg.momentum)
-            updates.append(MemoryUpdate("shared", f[m], y[m], mu))
+    return updates + shared_memory_updates(features, y, targets, plan, cfg)
+
+
+def shared_memory_updates(features: Tensor, y: dict, targets: dict, plan: EpochPlan,
+                          cfg: DMDLConfig) -> list[MemoryUpdate]:
+    """Stage 2's shared-memory updates (infrared samples, then visible, the released forward's
+    order), with the adaptive momentum ``eta_x = m / max(ỹ_x[y_x], m)`` (Eqs. 12-13) when
+    ``adaptive_momentum``; none in stage 1."""
+    if plan.stage != 2:
+        return []
+    f = split_modalities(features.detach())
+    updates = []
+    for m in (INFRARED, VISIBLE):  # the reference's order: IR memory forward first
+        mu = None
+        if cfg.adaptive_momentum and m in targets:  # eta_x = 0.2 / max(q, 0.2) (Eqs. 12-13)
+            q = targets[m].gather(1, y[m].unsqueeze(1)).squeeze(1)
+            mu = cfg.momentum / q.clamp_min(cfg.momentum)
+        updates.append(MemoryUpdate("shared", f[m], y[m], mu))
     return updates
+
+
+def dmdl_reference_losses(features: Tensor, y: dict, w: dict, plan: EpochPlan,
+                          cfg: DMDLConfig) -> tuple[Tensor, dict, dict, ReadTape]:
+    """The loss of one stage-2 DMDL step under ``reference`` semantics (module docstring): the same
+    terms as :func:`dmdl_losses`, the identity, CAI and anchor cross terms built from the released
+    code's memory reads.
+
+    Args:
+        features, y, w, plan, cfg: as :func:`dmdl_losses` (``plan.stage`` must be 2).
+
+    Returns:
+        (loss, parts, targets, tape): as :func:`dmdl_losses`, and the reads, whose
+        :meth:`~dmdl.memories.ReadTape.objective` the optimiser step backpropagates (it updates
+        the visible and infrared memories; :func:`shared_memory_updates` remain to apply).
+    """
+    f = split_modalities(features)
+    mem = plan.memory
+    tape = ReadTape(mem)
+    logits = {}  # (samples' modality, memory) -> logits / T
+    for m in (INFRARED, VISIBLE):  # the released infrared call, then the visible call
+        for name in MODALITIES:  # each call: the visible memory, then the infrared one
+            if name == m or name == plan.anchor:  # its own memory; the anchor memory when m is mapped
+                logits[m, name] = tape.read(name, f[m], y[m])
+            else:  # a forward-time product (a copy: the reads update the memory in place)
+                frozen = mem.memories[name].features.detach().clone()
+                logits[m, name] = F.normalize(f[m], dim=1) @ frozen.t() / mem.memories[name].temperature
+    zero = features.new_zeros(())
+    parts = {"loss_id": zero, "loss_cai": zero, "loss_cross": zero, "loss_triplet": zero, "loss_mmd": zero}
+    for m in MODALITIES:
+        parts["loss_id"] = parts["loss_id"] + F.cross_entropy(logits[m, m], mem.rows(m, y[m]))
+    targets = {m: _targets(plan, cfg, "shared", f[m], y[m], w[m], mem.num_ids, cfg.topk_stage2)
+               for m in MODALITIES} if cfg.cai or cfg.adaptive_momentum else {}
+    if cfg.cai:
+        ids_v, ids_i = mem.row_ids(VISIBLE), mem.row_ids(INFRARED)
+        for m in MODALITIES:
+            parts["loss_cai"] = parts["loss_cai"] + cai_loss_from_logits(
+                logits[m, VISIBLE], logits[m, INFRARED], ids_v, ids_i, mem.prior[VISIBLE], targets[m])
+    if cfg.cross_weight > 0 and cfg.cross_memory == "shared":
+        parts["loss_cross"] = mem.loss("shared", f[VISIBLE], y[VISIBLE]) + mem.loss("shared", f[INFRARED], y[INFRARED])
+    elif cfg.cross_weight > 0:
+        mapped = other(plan.anchor)
+        parts["loss_cross"] = F.cross_entropy(logits[mapped, plan.anchor], mem.rows(plan.anchor, y[mapped]))
+    parts["loss_triplet"], parts["loss_mmd"] = _triplet_and_mmd(features, f, y, plan, cfg)
+    loss = (parts["loss_id"] + cfg.lambda_cai * parts["loss_cai"] + cfg.cross_weight * parts["loss_cross"]
+            + plan.w_tri * parts["loss_triplet"] + cfg.lambda_fa * parts["loss_mmd"])
+    return loss, parts, targets, tape
 
 
 def certainty_rows(w: np.ndarray, labels: np.ndarray) -> Tensor:
@@ -185,4 +263,4 @@ def certainty_rows(w: np.ndarray, labels: np.ndarray) -> Tensor:
     return torch.as_tensor(w[labels >= 0])
 
 
-__all__ = ["EpochPlan", "split_modalities", "dmdl_losses", "dmdl_memory_updates", "certainty_rows"]
+__all__ = ["EpochPlan", "split_modalities", "dmdl_losses", "dmdl_reference_losses", "shared_memory_updates", "dmdl_memory_updates", "certainty_rows"]

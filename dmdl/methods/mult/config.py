@@ -19,6 +19,7 @@ class MULTConfig(MethodConfig):
 
     name = "mult"
     method_class = "dmdl.methods.mult.method:MULT"
+    resize = "bilinear"  # torchvision's Resize default, which MULT's code uses for clustering and test images
 
     temperature: float = 0.05  # of every memory (§B4)
     momentum: float = 0.1  # of every memory (§B4)

@@ -19,20 +19,30 @@ epochs, the infrared clusters: ``m_vcm`` for visible with ``cm_y1``, ``m_r`` for
            + SCE(G(v) <- <a, U_ir>) + SCE(G(a) <- <v, U_ir>) + SCE(G(r) <- <r, U_vis>)
     loss   = L_ms + L_ma + lambda_oclr L_oclr
 
-CE terms run on :func:`dmdl.ops.memory_loss` (soft β-labels in the cross stage); SCE is
-:func:`dmdl.losses.oclr_loss` on plain logits (its targets keep their gradient, as MULT's).
-Memory updates (hard labels; :func:`mult_memory_updates`), applied after ``backward()``:
-``U_vis`` <- v then a; ``U_ir`` <- r; ``O``; ``G`` <- v, a, r.
+Two memory semantics (the run's ``memory_semantics``):
+
+- ``forward`` (:func:`mult_losses`, :func:`mult_memory_updates`): CE terms on
+  :func:`dmdl.ops.memory_loss` against the forward-time memories (soft β-labels in the cross
+  stage); SCE is :func:`dmdl.losses.oclr_loss` on plain logits (its targets keep their gradient,
+  as MULT's); memory updates (hard labels) after ``backward()``: ``U_vis`` <- v then a;
+  ``U_ir`` <- r; ``O``; ``G`` <- v, a, r;
+- ``reference`` (:func:`mult_reference_losses`): the released code's reads
+  (:class:`dmdl.memories.ReadTape`) in its order, ``U_vis(v), U_vis(a), U_ir(r), O(.), G(v),
+  G(a), G(r)`` (single stage: ``m_v(v), m_v(a), m_r(r)``); the CE terms and the first three OCLR
+  terms read them, the last three OCLR targets (``<a, U_ir>``, ``<v, U_ir>``, ``<r, U_vis>``) are
+  forward-time products. Backward, last read first: within a memory read by v, a and r, the
+  updates land r, then a, then v, and each read's gradient sees the memory the later reads moved.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch.nn.functional as F
 from torch import Tensor
 
-from dmdl.losses import oclr_loss
-from dmdl.memories import CrossModalMemory, MemoryUpdate
+from dmdl.losses import oclr_loss, soft_cross_entropy
+from dmdl.memories import CrossModalMemory, MemoryUpdate, ReadTape
 from dmdl.methods.mult.config import MULTConfig
 
 
@@ -105,6 +115,49 @@ def mult_losses(f: dict, hard: dict, soft: dict, plan: MultPlan, cfg: MULTConfig
     return loss, {"loss_ms": loss_ms, "loss_ma": loss_ma, "loss_oclr": loss_oclr}
 
 
+def mult_reference_losses(f: dict, hard: dict, soft: dict, plan: MultPlan,
+                          cfg: MULTConfig) -> tuple[Tensor, dict, ReadTape]:
+    """The loss of one MULT step under ``reference`` semantics (module docstring).
+
+    Args:
+        f, hard, soft, plan, cfg: as :func:`mult_losses`.
+
+    Returns:
+        (loss, parts, tape): as :func:`mult_losses`, and the reads, whose
+        :meth:`~dmdl.memories.ReadTape.objective` the optimiser step backpropagates (it applies
+        every memory update of the step).
+    """
+    mem, tape = plan.memory, ReadTape(plan.memory)
+    if plan.stage == 1:
+        loss_ms = (F.cross_entropy(tape.read("v", f["v"], hard["label1"]), hard["label1"])
+                   + F.cross_entropy(tape.read("v", f["a"], hard["label1"]), hard["label1"])
+                   + F.cross_entropy(tape.read("r", f["r"], hard["label2"]), hard["label2"]))
+        zero = loss_ms.new_zeros(())
+        return loss_ms, {"loss_ms": loss_ms, "loss_ma": zero, "loss_oclr": zero}, tape
+    roles = _roles(plan.space)
+    (u_vis, t_vis, h_vis), (u_ir, t_ir, h_ir), agg = roles["u_vis"], roles["u_ir"], roles["agg"]
+    z = {("u", "v"): tape.read(u_vis, f["v"], hard[h_vis]), ("u", "a"): tape.read(u_vis, f["a"], hard[h_vis]),
+         ("u", "r"): tape.read(u_ir, f["r"], hard[h_ir])}
+    loss_ms = (soft_cross_entropy(z["u", "v"], soft[t_vis]) + soft_cross_entropy(z["u", "a"], soft[t_vis])
+               + soft_cross_entropy(z["u", "r"], soft[t_ir]))
+    for name, view, t, h in roles["other"]:
+        loss_ms = loss_ms + soft_cross_entropy(tape.read(name, f[view], hard[h]), soft[t])
+    g = {k: tape.read(agg, f[k], hard[h_ir if k == "r" else h_vis]) for k in ("v", "a", "r")}
+    loss_ma = (soft_cross_entropy(g["v"], soft[t_vis]) + soft_cross_entropy(g["a"], soft[t_vis])
+               + soft_cross_entropy(g["r"], soft[t_ir]))
+
+    def frozen(name, view):  # a forward-time product (a copy: the reads update the memory in place)
+        m = mem.memories[name]
+        return F.normalize(f[view], dim=1) @ m.features.detach().clone().t() / m.temperature
+
+    s = cfg.oclr_sharpen
+    loss_oclr = (oclr_loss(g["v"], z["u", "a"], s) + oclr_loss(g["a"], z["u", "v"], s) + oclr_loss(g["r"], z["u", "r"], s)
+                 + oclr_loss(g["v"], frozen(u_ir, "a"), s) + oclr_loss(g["a"], frozen(u_ir, "v"), s)
+                 + oclr_loss(g["r"], frozen(u_vis, "r"), s))
+    loss = loss_ms + loss_ma + cfg.lambda_oclr * loss_oclr
+    return loss, {"loss_ms": loss_ms, "loss_ma": loss_ma, "loss_oclr": loss_oclr}, tape
+
+
 def mult_memory_updates(f: dict, hard: dict, plan: MultPlan) -> list[MemoryUpdate]:
     """The memory updates of one MULT step, in the order they are applied (module docstring);
     features detached."""
@@ -121,4 +174,4 @@ def mult_memory_updates(f: dict, hard: dict, plan: MultPlan) -> list[MemoryUpdat
                MemoryUpdate(agg, f["r"], hard[h_ir])])
 
 
-__all__ = ["MultPlan", "mult_losses", "mult_memory_updates"]
+__all__ = ["MultPlan", "mult_losses", "mult_reference_losses", "mult_memory_updates"]
