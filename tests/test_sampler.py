@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from dmdl.data.sampler import PseudoIdentitySampler
+from dmdl.data.sampler import PseudoIdentitySampler, shared_identity_order
 
 SEEDS = range(200)
 
@@ -148,3 +148,18 @@ def test_inter_modality_samplers_pair_identities_position_by_position():
             assert gi[0] == pid
         if pid in lv and pid in li:
             assert gv[0] == gi[0]  # the same identity at the same position in both modalities
+
+
+@pytest.mark.parametrize("replay", [True, False])
+def test_paired_sampler_replays_its_draw_or_draws_afresh(replay):
+    """The released inter-modality sampler draws an epoch's groups once and every pass of its loader
+    replays them (``inter_sampler: replay``); ``redraw`` draws new groups on every pass."""
+    labels = [0] * 6 + [1] * 6 + [2] * 6
+    cams = [1, 2] * 9
+    order = shared_identity_order(labels, labels, seed=3)
+    s = PseudoIdentitySampler(labels, cams, 4, seed=5, id_order=order, replay=replay)
+    passes = [list(s) for _ in range(4)]
+    assert all(len(p) == len(s) == 12 for p in passes)
+    assert all(p == passes[0] for p in passes) is replay
+    fresh = PseudoIdentitySampler(labels, cams, 4, seed=5, id_order=order)
+    assert passes[0] == list(fresh)  # the first pass is the same draw either way

@@ -24,8 +24,9 @@ for the same identities at the same positions, so batch b of both loaders holds 
 pseudo-identities; an id absent from a modality is replaced there by a random id of that
 modality, and single-image identities are padded to keep the positions paired. As in the
 reference's inter-modality sampler, a group is drawn without replacement when the pool holds at
-least ``num_instances - 1`` images (one fewer than the single-modality rule). Unlike it, each
-pass draws its groups afresh (the reference draws an epoch's groups once and replays them).
+least ``num_instances - 1`` images (one fewer than the single-modality rule). The reference
+draws an epoch's groups once and replays them on every pass of its loader (``replay=True``, the
+default of DMDL's ``inter_sampler``); ``replay=False`` draws them afresh on every pass.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class PseudoIdentitySampler(Sampler[int]):
         id_order: (keyword) a fixed sequence of identities to draw, in order, instead of a
             shuffle (inter-modality batches, see the module docstring); ids without a sample
             here are replaced by a random id of this sampler; implies ``pad_singletons``.
+        replay: (keyword) draw the indices once (at the first pass) and yield the same ones on every
+            later pass, as the reference's inter-modality sampler; False: a fresh draw per pass.
 
     ``len(self)`` is exactly the number of indices ``__iter__`` yields: ``passes`` times the
     per-pass size, where an identity contributes ``num_instances`` indices, or 1 if it has a
@@ -65,7 +68,8 @@ class PseudoIdentitySampler(Sampler[int]):
     """
 
     def __init__(self, labels: Sequence[int], camids: Sequence[int], num_instances: int, seed: int = 0,
-                 min_length: int = 0, *, pad_singletons: bool = False, id_order: Sequence[int] | None = None):
+                 min_length: int = 0, *, pad_singletons: bool = False, id_order: Sequence[int] | None = None,
+                 replay: bool = False):
         if num_instances < 1:
             raise ValueError(f"num_instances must be >= 1, got {num_instances}")
         self.num_instances = num_instances
@@ -91,6 +95,8 @@ class PseudoIdentitySampler(Sampler[int]):
         else:
             self.per_pass = sum(self._group_size(len(self.index_by_pid[p])) for p in self.pids)
         self.passes = max(1, -(-min_length // self.per_pass))
+        self.replay = bool(replay)
+        self._drawn: list[int] | None = None
 
     def _group_size(self, members: int) -> int:
         if members == 1 and not self.pad_singletons:
@@ -101,9 +107,13 @@ class PseudoIdentitySampler(Sampler[int]):
         return self.passes * self.per_pass
 
     def __iter__(self) -> Iterator[int]:
+        if self.replay and self._drawn is not None:
+            return iter(self._drawn)
         out: list[int] = []
         for _ in range(self.passes):
             out.extend(self._one_pass())
+        if self.replay:
+            self._drawn = out
         return iter(out)
 
     def _one_pass(self) -> list[int]:
