@@ -144,7 +144,8 @@ def _cmd_evaluate(args, extra) -> int:
     model.to(device)
     _State.phase = "run"
     workers = min(args.workers, available_cores())
-    res = evaluate_model(model, data.dataset, dataset, data.height, data.width, device, workers=workers)
+    res = evaluate_model(model, data.dataset, dataset, data.height, data.width, device, workers=workers,
+                         interpolation=cfg.resize())
     print(format_table({"model": res}))
     out = Path(args.output) if args.output else path.with_name(evaluation_name(data.dataset, trial))
     write_results(out, {"model": res, "checkpoint": str(path), "trial": trial}, cfg.to_dict())

@@ -164,7 +164,8 @@ class Engine:
         """The dataset's test protocol on the current model (see :func:`evaluate_model`)."""
         data = self.cfg.data
         return evaluate_model(self.ctx.model, data.dataset, self.dataset, data.height, data.width, self.ctx.device,
-                              workers=self.ctx.workers, batch_size=max(data.batch_size, 32))
+                              workers=self.ctx.workers, batch_size=max(data.batch_size, 32),
+                              interpolation=self.ctx.interpolation)
 
     def _select_on_test(self, stage: int, epoch: int, stats: dict) -> None:
         """The reference's model selection (§A1.2 step 9): evaluate on the TEST set after every

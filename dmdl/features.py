@@ -35,6 +35,7 @@ def extract_features(
     desc: str = "extract",
     cache: bool | dict = False,
     modality: str | None = None,
+    interpolation: str = "bicubic",
 ) -> torch.Tensor:
     """Features of a list of images.
 
@@ -50,6 +51,8 @@ def extract_features(
             :class:`~dmdl.models.TwoStream`, §B2) is called as
             ``model(x, modality)`` so the images go through that modality's
             stem; one-stream models ignore it.
+        interpolation: the resize, ``"bicubic"`` (DMDL) or ``"bilinear"`` (MULT); see
+            :func:`dmdl.data.transforms.test_transform`.
 
     Returns:
         (N, D) float32 tensor on ``device``.
@@ -73,7 +76,7 @@ def extract_features(
         embed = model
     was_training = model.training
     model.eval()
-    ds = ImageListDataset(paths, [-1] * len(paths), test_transform(height, width), cache=cache)
+    ds = ImageListDataset(paths, [-1] * len(paths), test_transform(height, width, interpolation), cache=cache)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
     out = []
     for x, _, _ in progress(loader, total=len(loader), desc=desc):

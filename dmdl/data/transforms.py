@@ -145,11 +145,19 @@ def random_erasing(max_area: float = 0.5) -> RandomErasing:
                          max_count=1, device="cpu")
 
 
-def test_transform(height: int, width: int) -> T.Compose:
-    """Resize (bicubic) to (height, width), ToTensor, ImageNet normalisation -> (3, H, W) float32."""
+RESIZE_MODES = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
+
+
+def test_transform(height: int, width: int, interpolation: str = "bicubic") -> T.Compose:
+    """Resize to (height, width), ToTensor, ImageNet normalisation -> (3, H, W) float32.
+
+    ``interpolation``: ``"bicubic"`` (DMDL's code) or ``"bilinear"`` (MULT's code: torchvision's
+    default). Raises ValueError for another name."""
+    if interpolation not in RESIZE_MODES:
+        raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
     return T.Compose(
         [
-            T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC),
+            T.Resize((height, width), interpolation=RESIZE_MODES[interpolation]),
             T.ToTensor(),
             T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]

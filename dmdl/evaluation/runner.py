@@ -57,7 +57,7 @@ def _distmat(q: torch.Tensor, g: torch.Tensor) -> np.ndarray:
 
 def evaluate_model(model: nn.Module, dataset_name: str, dataset, height: int, width: int,
                    device: torch.device | str = "cpu", workers: int = 0, batch_size: int = 64,
-                   num_trials: int | None = None) -> dict[str, dict]:
+                   num_trials: int | None = None, interpolation: str = "bicubic") -> dict[str, dict]:
     """Run the dataset's full test protocol (its :mod:`dmdl.data.registry` entry).
 
     Args:
@@ -67,6 +67,7 @@ def evaluate_model(model: nn.Module, dataset_name: str, dataset, height: int, wi
             visible stem, infrared ones through the infrared stem).
         num_trials: gallery draws per setting where the protocol draws galleries (default: the
             registry's, 10 for SYSU and LLCM as in every paper).
+        interpolation: the test images' resize (``Config.resize()``: DMDL bicubic, MULT bilinear).
 
     Returns:
         ``{setting: {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}}`` in
@@ -78,7 +79,8 @@ def evaluate_model(model: nn.Module, dataset_name: str, dataset, height: int, wi
         ValueError: unknown dataset name.
     """
     info = get_dataset(dataset_name)
-    kw = dict(height=height, width=width, device=device, workers=workers, batch_size=batch_size)
+    kw = dict(height=height, width=width, device=device, workers=workers, batch_size=batch_size,
+              interpolation=interpolation)
     vis, ir = dataset.test_visible, dataset.test_infrared
     # each modality through its own stem when the model is two-stream (§B6)
     bank_v = _FeatureBank(extract_features(model, [r.path for r in vis], desc="test visible",

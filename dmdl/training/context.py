@@ -13,6 +13,7 @@ a :class:`RunContext`, built once per run by :func:`build_context` from the conf
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass, field
@@ -83,6 +84,9 @@ class RunContext:
         bn_groups: ghost BatchNorm groups of the model (0/1: none); a training batch is laid out in
             the reference's DataParallel replica order before the forward pass.
         channels_last: the model's memory format.
+        interpolation: the resize of the clustering (and test) images, ``Config.resize()``.
+        amp_losses: with ``amp``, the losses too run under fp16 autocast with TF32 matmuls
+            (:meth:`loss_precision`).
         optimizer: the optimizer of the current stage (the engine sets it).
     """
 
@@ -98,6 +102,8 @@ class RunContext:
     scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cuda", enabled=False))
     bn_groups: int = 0
     channels_last: bool = False
+    interpolation: str = "bicubic"
+    amp_losses: bool = False
     optimizer: torch.optim.Optimizer | None = None
 
     def features(self, modality: str, renormalize: bool, flip: bool = True) -> torch.Tensor:
@@ -112,7 +118,16 @@ class RunContext:
             return extract_features(
                 self.model, [r.path for r in self.train[modality]], self.height, self.width, self.device,
                 batch_size=max(self.batch_size, 32), workers=self.workers, desc=f"features {modality}",
-                cache=self.image_cache, renormalize=renormalize, flip=flip, modality=modality)
+                cache=self.image_cache, renormalize=renormalize, flip=flip, modality=modality,
+                interpolation=self.interpolation)
+
+    def loss_precision(self):
+        """The context of a step's loss computation: fp16 autocast with TF32 matmuls on CUDA when
+        ``amp`` and ``amp_losses`` are on (the released DMDL computes every loss, memory logit, MMD
+        and triplet so); otherwise the losses run in the features' float32."""
+        if not (self.amp and self.amp_losses):
+            return contextlib.nullcontext()
+        return _tf32_autocast(self.device)
 
     def label_quality(self, modalities: Sequence[str], labels: np.ndarray) -> float:
         """Adjusted Rand index of pseudo-labels (the modalities' samples, concatenated) against the
@@ -122,6 +137,18 @@ class RunContext:
         labels = np.asarray(labels)
         keep = labels >= 0
         return float(adjusted_rand_score(pids[keep], labels[keep])) if keep.sum() > 1 else float("nan")
+
+
+@contextlib.contextmanager
+def _tf32_autocast(device: torch.device):
+    """fp16 autocast with TF32 matmuls and convolutions, the previous TF32 switches restored after."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with torch.autocast(device.type, dtype=torch.float16):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def build_context(cfg: Config, train: dict[str, list[ImageRecord]]) -> RunContext:
@@ -148,7 +175,8 @@ def build_context(cfg: Config, train: dict[str, list[ImageRecord]]) -> RunContex
                       batch_size=cfg.data.batch_size, workers=workers,
                       image_cache={} if cfg.data.cache_images else False, amp=amp,
                       scaler=torch.amp.GradScaler("cuda", enabled=amp), bn_groups=cfg.model.ghost_bn_groups,
-                      channels_last=cfg.model.channels_last)
+                      channels_last=cfg.model.channels_last, interpolation=cfg.resize(),
+                      amp_losses=cfg.run.amp_losses)
 
 
 def training_records(dataset, max_images: int | None, root) -> dict[str, list[ImageRecord]]:
