@@ -1,0 +1,116 @@
+"""The one place where the after-training code (``dmdl.inference``, ``dmdl.visualization``)
+imports the training code: the checkpoint reader, the model builder and head (``embed``), the
+config, the test transform and flip, the protocols and metric functions, the dataset reader
+and the Jaccard op.
+
+Everything else in those packages imports these names from here, so that a change of the
+training core's layout is one edit in this file. :func:`load_model` rebuilds the model of a
+checkpoint (a full training checkpoint or the slim ``pth`` of ``dmdl export``) in eval mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dmdl.config import Config, make_config
+from dmdl.data.check import available_cores, preflight
+from dmdl.data.loading import ImageReadError, read_image
+from dmdl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, flip_width, test_transform
+from dmdl.engine import CHECKPOINT_NAME, build_model_from_config, load_checkpoint, resolve_device, write_results
+from dmdl.errors import CheckpointError, InputError
+from dmdl.evaluation import protocols
+from dmdl.evaluation.metrics import eval_llcm, eval_regdb, eval_sysu
+from dmdl.evaluation.runner import METRIC_KEYS, SETTING_NAMES, extract_features, format_table
+from dmdl.models.layers import embed
+from dmdl.ops import jaccard_distance
+
+__all__ = [
+    "CHECKPOINT_NAME", "IMAGENET_MEAN", "IMAGENET_STD", "METRIC_KEYS", "SETTING_NAMES", "CheckpointError",
+    "Config", "ImageReadError", "InputError", "LoadedModel", "available_cores", "embed", "eval_llcm", "eval_regdb",
+    "eval_sysu", "extract_features", "flip_width", "format_table", "jaccard_distance", "load_model",
+    "preflight", "protocols", "read_image", "resolve_device", "test_transform", "weights_hash", "write_results",
+]
+
+MODALITIES = ("visible", "infrared")
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint's model, rebuilt and ready for inference.
+
+    Attributes:
+        model: the network in eval mode on ``device`` (one-stream, or a
+            :class:`~dmdl.models.TwoStream` with ``model.two_stream`` true).
+        config: the checkpoint's training :class:`~dmdl.config.Config`.
+        path: the checkpoint file read.
+        weights_hash: :func:`weights_hash` of the model (16 hex digits).
+        device: where the model is.
+    """
+
+    model: nn.Module
+    config: Config
+    path: Path
+    weights_hash: str
+    device: torch.device
+
+    @property
+    def two_stream(self) -> bool:
+        """True when the model has one stem per modality."""
+        return bool(getattr(self.model, "two_stream", False))
+
+
+def weights_hash(state_dict: dict, height: int, width: int) -> str:
+    """SHA-256 (first 16 hex digits) of a model's weights and its input size: the keys in sorted
+    order, each tensor's dtype, shape and bytes, then ``height x width``. A training checkpoint
+    and the slim ``pth`` exported from it give the same hash."""
+    h = hashlib.sha256(f"{height}x{width}".encode())
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_model(checkpoint, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model of a dmdl checkpoint with its stored config, in eval mode.
+
+    Args:
+        checkpoint: a ``checkpoint.pth`` (or its run directory), a ``test_selected.pth``, or the
+            slim ``pth`` of ``dmdl export``: anything with ``model`` and ``config`` entries.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+
+    Returns:
+        A :class:`LoadedModel`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: not a readable dmdl checkpoint, or weights that do not fit the model of
+            its config (the message names the file).
+        RuntimeError: a CUDA device asked for and none available.
+    """
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    dev = resolve_device(str(device))
+    ckpt = load_checkpoint(path, need=("model", "config"))
+    try:
+        cfg = make_config(ckpt["config"])
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: its stored config is not valid ({exc})") from None
+    with warnings.catch_warnings():  # the random initialisation is overwritten below
+        warnings.simplefilter("ignore")
+        model = build_model_from_config(cfg, pretrained="none")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: the weights do not fit the model of its config "
+                              f"({str(exc).splitlines()[0]})") from None
+    model.eval().to(dev)
+    digest = weights_hash(model.state_dict(), cfg.height, cfg.width)
+    return LoadedModel(model=model, config=cfg, path=path, weights_hash=digest, device=dev)
