@@ -343,6 +343,90 @@ def _train_epilog() -> str:
     )
 
 
+def _add_extract_search_parsers(sub, verbs: dict) -> None:
+    """The parsers of ``extract`` and ``search`` (after training)."""
+    x = sub.add_parser("extract", help="features of images from a checkpoint, to a .npz file",
+                       description="Embed images with a checkpoint's model exactly as its evaluation does (test "
+                                   "transform, flip averaging, L2 normalisation). An unreadable image is reported "
+                                   "and skipped.")
+    x.add_argument("--checkpoint", required=True, help="checkpoint.pth (or its run directory) or a slim .pth export")
+    x.add_argument("--images", required=True, nargs="+", help="image files, folders (searched recursively) or "
+                                                               "glob patterns")
+    x.add_argument("--modality", help="visible or infrared: the stem of a two-stream model (required there)")
+    x.add_argument("--out", required=True, help="the features file to write (.npz)")
+    x.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    x.add_argument("--batch-size", type=int, default=64)
+    x.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding images (default: 0)")
+    x.set_defaults(func=_cmd_extract)
+    verbs["extract"] = x
+
+    s = sub.add_parser("search", help="rank a gallery for query images (JSON, rank-list pictures, index.html)",
+                       description="Cross-modality search: ranked gallery lists per query (ranking.json), one "
+                                   "rank-list picture per query and an index.html showing them.")
+    s.add_argument("--checkpoint", help="the model (needed unless both sides are --*-features files)")
+    s.add_argument("--query", nargs="+", help="query image files, folders or globs")
+    s.add_argument("--query-features", help="query features from dmdl extract (instead of --query)")
+    s.add_argument("--query-modality", help="visible or infrared")
+    s.add_argument("--gallery", nargs="+", help="gallery image files, folders or globs")
+    s.add_argument("--gallery-features", help="gallery features from dmdl extract (instead of --gallery)")
+    s.add_argument("--gallery-modality", help="visible or infrared")
+    s.add_argument("--topk", type=int, default=10, help="gallery images listed per query (default: 10)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (Zhong et al. 2017)")
+    s.add_argument("--k1", type=int, default=20, help="re-ranking k1 (default: 20)")
+    s.add_argument("--k2", type=int, default=6, help="re-ranking k2 (default: 6)")
+    s.add_argument("--lambda", dest="lam", type=float, default=0.3, help="re-ranking lambda (default: 0.3)")
+    s.add_argument("--no-pictures", action="store_true", help="write ranking.json only")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.set_defaults(func=_cmd_search)
+    verbs["search"] = s
+
+
+def _add_export_plot_visualize_doctor_parsers(sub, verbs: dict) -> None:
+    """The parsers of ``export``, ``plot``, ``visualize`` and ``doctor`` (after training)."""
+    o = sub.add_parser("export", help="export the inference graph (onnx, torchscript, slim pth)",
+                       description="Export the backbone, GeM and BN neck (L2-normalised features) with the input "
+                                   "size, mean/std and modalities as metadata; a two-stream model takes a modality "
+                                   "input (0 visible, 1 infrared). pth: the model's weights and config only.")
+    o.add_argument("--checkpoint", required=True, help="checkpoint.pth (or its run directory)")
+    o.add_argument("--format", required=True, choices=("onnx", "torchscript", "pth"))
+    o.add_argument("--out", required=True, help="the file to write")
+    o.add_argument("--device", default="cpu", help="where the graph is traced (default: cpu)")
+    o.set_defaults(func=_cmd_export)
+    verbs["export"] = o
+
+    pl = sub.add_parser("plot", help="redraw a run's training curves (log.csv) and CMC curves",
+                        description="Redraw training_curves.png from RUN_DIR/log.csv and the CMC curves of every "
+                                    "evaluation_*.json there.")
+    pl.add_argument("run_dir", help="a run directory of dmdl train")
+    pl.set_defaults(func=_cmd_plot)
+    verbs["plot"] = pl
+
+    v = sub.add_parser("visualize", help="t-SNE of test features by modality and identity",
+                       description="t-SNE of a checkpoint's test features (or of dmdl extract files), coloured by "
+                                   "modality and by identity.")
+    v.add_argument("kind", choices=("tsne",))
+    v.add_argument("--checkpoint", help="checkpoint.pth (or its run directory)")
+    v.add_argument("--data-root", help="the checkpoint's dataset (its test split is shown)")
+    v.add_argument("--trial", type=int, help="RegDB split (default: the checkpoint's)")
+    v.add_argument("--features", nargs="+", help="features files of dmdl extract (instead of --checkpoint)")
+    v.add_argument("--max-images", type=int, default=2000, help="images drawn at most, a seeded sample (2000)")
+    v.add_argument("--max-ids", type=int, default=20, help="identities coloured (default: 20)")
+    v.add_argument("--out", help="PNG file (default: tsne_<dataset>_trial<T>.png beside the checkpoint)")
+    v.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    v.set_defaults(func=_cmd_visualize)
+    verbs["visualize"] = v
+
+    dr = sub.add_parser("doctor", help="what is installed and what will run",
+                        description="torch / CUDA, dmdl._C and its GPU architectures, GPUs, Triton, faiss, the "
+                                    "CPU's vector units and threads, each with what to do when it is missing. Exit "
+                                    "code 1 when something dmdl needs is broken.")
+    dr.add_argument("--json", action="store_true", help="print the checks as JSON")
+    dr.set_defaults(func=_cmd_doctor)
+    verbs["doctor"] = dr
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and the parser of each verb."""
     p = argparse.ArgumentParser(prog="dmdl", description="Unsupervised visible-infrared person re-identification.")
@@ -416,83 +500,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     m.set_defaults(func=_cmd_make_toy)
     verbs["make-toy-dataset"] = m
 
-    x = sub.add_parser("extract", help="features of images from a checkpoint, to a .npz file",
-                       description="Embed images with a checkpoint's model exactly as its evaluation does (test "
-                                   "transform, flip averaging, L2 normalisation). An unreadable image is reported "
-                                   "and skipped.")
-    x.add_argument("--checkpoint", required=True, help="checkpoint.pth (or its run directory) or a slim .pth export")
-    x.add_argument("--images", required=True, nargs="+", help="image files, folders (searched recursively) or "
-                                                               "glob patterns")
-    x.add_argument("--modality", help="visible or infrared: the stem of a two-stream model (required there)")
-    x.add_argument("--out", required=True, help="the features file to write (.npz)")
-    x.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    x.add_argument("--batch-size", type=int, default=64)
-    x.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding images (default: 0)")
-    x.set_defaults(func=_cmd_extract)
-    verbs["extract"] = x
-
-    s = sub.add_parser("search", help="rank a gallery for query images (JSON, rank-list pictures, index.html)",
-                       description="Cross-modality search: ranked gallery lists per query (ranking.json), one "
-                                   "rank-list picture per query and an index.html showing them.")
-    s.add_argument("--checkpoint", help="the model (needed unless both sides are --*-features files)")
-    s.add_argument("--query", nargs="+", help="query image files, folders or globs")
-    s.add_argument("--query-features", help="query features from dmdl extract (instead of --query)")
-    s.add_argument("--query-modality", help="visible or infrared")
-    s.add_argument("--gallery", nargs="+", help="gallery image files, folders or globs")
-    s.add_argument("--gallery-features", help="gallery features from dmdl extract (instead of --gallery)")
-    s.add_argument("--gallery-modality", help="visible or infrared")
-    s.add_argument("--topk", type=int, default=10, help="gallery images listed per query (default: 10)")
-    s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (Zhong et al. 2017)")
-    s.add_argument("--k1", type=int, default=20, help="re-ranking k1 (default: 20)")
-    s.add_argument("--k2", type=int, default=6, help="re-ranking k2 (default: 6)")
-    s.add_argument("--lambda", dest="lam", type=float, default=0.3, help="re-ranking lambda (default: 0.3)")
-    s.add_argument("--no-pictures", action="store_true", help="write ranking.json only")
-    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    s.add_argument("--batch-size", type=int, default=64)
-    s.set_defaults(func=_cmd_search)
-    verbs["search"] = s
-
-    o = sub.add_parser("export", help="export the inference graph (onnx, torchscript, slim pth)",
-                       description="Export the backbone, GeM and BN neck (L2-normalised features) with the input "
-                                   "size, mean/std and modalities as metadata; a two-stream model takes a modality "
-                                   "input (0 visible, 1 infrared). pth: the model's weights and config only.")
-    o.add_argument("--checkpoint", required=True, help="checkpoint.pth (or its run directory)")
-    o.add_argument("--format", required=True, choices=("onnx", "torchscript", "pth"))
-    o.add_argument("--out", required=True, help="the file to write")
-    o.add_argument("--device", default="cpu", help="where the graph is traced (default: cpu)")
-    o.set_defaults(func=_cmd_export)
-    verbs["export"] = o
-
-    pl = sub.add_parser("plot", help="redraw a run's training curves (log.csv) and CMC curves",
-                        description="Redraw training_curves.png from RUN_DIR/log.csv and the CMC curves of every "
-                                    "evaluation_*.json there.")
-    pl.add_argument("run_dir", help="a run directory of dmdl train")
-    pl.set_defaults(func=_cmd_plot)
-    verbs["plot"] = pl
-
-    v = sub.add_parser("visualize", help="t-SNE of test features by modality and identity",
-                       description="t-SNE of a checkpoint's test features (or of dmdl extract files), coloured by "
-                                   "modality and by identity.")
-    v.add_argument("kind", choices=("tsne",))
-    v.add_argument("--checkpoint", help="checkpoint.pth (or its run directory)")
-    v.add_argument("--data-root", help="the checkpoint's dataset (its test split is shown)")
-    v.add_argument("--trial", type=int, help="RegDB split (default: the checkpoint's)")
-    v.add_argument("--features", nargs="+", help="features files of dmdl extract (instead of --checkpoint)")
-    v.add_argument("--max-images", type=int, default=2000, help="images drawn at most, a seeded sample (2000)")
-    v.add_argument("--max-ids", type=int, default=20, help="identities coloured (default: 20)")
-    v.add_argument("--out", help="PNG file (default: tsne_<dataset>_trial<T>.png beside the checkpoint)")
-    v.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    v.set_defaults(func=_cmd_visualize)
-    verbs["visualize"] = v
-
-    dr = sub.add_parser("doctor", help="what is installed and what will run",
-                        description="torch / CUDA, dmdl._C and its GPU architectures, GPUs, Triton, faiss, the "
-                                    "CPU's vector units and threads, each with what to do when it is missing. Exit "
-                                    "code 1 when something dmdl needs is broken.")
-    dr.add_argument("--json", action="store_true", help="print the checks as JSON")
-    dr.set_defaults(func=_cmd_doctor)
-    verbs["doctor"] = dr
+    _add_extract_search_parsers(sub, verbs)
+    _add_export_plot_visualize_doctor_parsers(sub, verbs)
     return p, verbs
 
 
