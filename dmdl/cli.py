@@ -455,7 +455,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on the dataset's test protocol",
                        description="Rebuild the model from the config stored in a checkpoint and run the test "
-                                   "protocol of its dataset; writes evaluation_<dataset>_trial<T>.json beside it.")
+                                   "protocol of its dataset; writes evaluation_<dataset>_trial<T>.json beside it, "
+                                   "with the CMC curves and rank-list sheets of sample queries (PNG).")
     e.add_argument("--dataset", choices=DATASET_CHOICES,
                    help="the dataset the checkpoint was trained on (checked against the checkpoint; default: its own)")
     e.add_argument("--data-root", required=True, help="dataset folder in its raw layout")

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dmdl.cli import main
@@ -157,3 +158,26 @@ def test_visualize_tsne_from_features_files(trained_runs, toy_regdb, tmp_path):
         assert main(["visualize", "tsne", "--features", str(tmp_path / "visible.npz"),
                      str(tmp_path / "infrared.npz"), "--out", str(out)]) == 0
     _png(out, (1200, 600))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing checkpoint", "checkpoint not found"),
+    ("neither", "give either --checkpoint"),
+    ("other models", "come from different models"),
+    ("not a features file", "is not a dmdl features file"),
+])
+def test_visualize_tsne_errors(case, expected, toy_regdb, tmp_path, capsys):
+    from dmdl.inference.features import save_features
+
+    x = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    a = save_features(tmp_path / "a.npz", x, [f"{i}.png" for i in range(6)], "visible", "aaaa", "c", 64, 32)
+    b = save_features(tmp_path / "b.npz", x, [f"{i}.png" for i in range(6)], "infrared", "bbbb", "c", 64, 32)
+    (tmp_path / "c.npz").write_bytes(b"junk")
+    args = {"missing checkpoint": ["--checkpoint", str(tmp_path / "no.pth"), "--data-root", str(toy_regdb)],
+            "neither": [],
+            "other models": ["--features", str(a), str(b)],
+            "not a features file": ["--features", str(tmp_path / "c.npz")]}[case]
+    assert main(["visualize", "tsne", *args, "--out", str(tmp_path / "t.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dmdl visualize: error: ") and expected in err[0]
+    assert not (tmp_path / "t.png").exists()

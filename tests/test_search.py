@@ -200,6 +200,7 @@ def test_search_cli_with_images_equals_extract_then_search(trained_runs, toy_reg
     ("modality differs", "holds infrared features, not visible"),
     ("missing checkpoint", "checkpoint not found"),
     ("no images", "no image files"),
+    ("modality the model lacks", "modality 'thermal'"),
 ])
 def test_search_cli_errors_are_one_line(case, expected, trained_runs, tmp_path, capsys):
     rng = np.random.default_rng(0)
@@ -222,6 +223,8 @@ def test_search_cli_errors_are_one_line(case, expected, trained_runs, tmp_path, 
         "missing checkpoint": ["--checkpoint", str(tmp_path / "no.pth"), "--query", str(empty),
                                "--gallery-features", gf],
         "no images": ["--checkpoint", str(trained_runs["dmdl"]), "--query", str(empty), "--gallery-features", gf],
+        "modality the model lacks": ["--checkpoint", str(trained_runs["mult"]), "--query", str(tmp_path / "q.npz"),
+                                     "--query-modality", "thermal", "--gallery-features", gf],
     }[case]
     rc = main(["search", *args, "--out", str(tmp_path / "out")])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("dmdl search")]

@@ -22,6 +22,8 @@ DPI = 100
 FIGSIZE_CMC = (6.4, 4.8)  # inches: 640 x 480 pixels
 FIGSIZE_TRAINING = (15.0, 8.0)  # 1500 x 800
 TRAINING_CURVES_NAME = "training_curves.png"
+# the protocol names of dmdl.evaluation.runner, repeated here: this module imports neither torch nor
+# the training code, so that the engine can call plot_training_curves without an import cycle
 SETTING_NAMES = {"v2t": "Visible->Thermal", "t2v": "Thermal->Visible", "all": "All-search",
                  "indoor": "Indoor-search", "ir2vis": "IR->VIS", "vis2ir": "VIS->IR"}
 
