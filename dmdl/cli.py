@@ -239,8 +239,8 @@ def _cmd_extract(args, extra) -> int:
     save_features(args.out, res.features, res.names, res.modality, fx.weights_hash, str(ckpt), fx.height, fx.width,
                   [f"{n}: {w}" for n, w in res.skipped])
     skipped = f"; skipped {len(res.skipped)} unreadable" if res.skipped else ""
-    print(f"wrote {args.out}: {len(res.names)} {args.modality or ''} features of dimension {fx.feature_dim} "
-          f"(model {fx.weights_hash}){skipped}")
+    what = f"{args.modality} features" if args.modality else "features"
+    print(f"wrote {args.out}: {len(res.names)} {what} of dimension {fx.feature_dim} (model {fx.weights_hash}){skipped}")
     return 0
 
 

@@ -45,7 +45,7 @@ def test_evaluate_rerank_numbers_equal_the_numpy_rederivation(evaluated, trained
     feats = {m: extract_features(model, [r.path for r in getattr(ds, f"test_{m}")], 64, 32, modality=m).numpy()
              for m in ("visible", "infrared")}
     pids = {m: np.array([r.pid for r in getattr(ds, f"test_{m}")]) for m in ("visible", "infrared")}
-    assert res["rerank"] == {"k1": 20, "k2": 6, "lam": 0.3}
+    assert res["rerank"] == {"k1": 20, "k2": 6, "lambda": 0.3}
     for direction, (qm, gm) in {"v2t": ("visible", "infrared"), "t2v": ("infrared", "visible")}.items():
         for k, v in trained[direction].items():  # the plain numbers: the engine's own evaluation
             assert res["model"][direction][k] == pytest.approx(v, abs=1e-6)

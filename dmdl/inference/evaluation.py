@@ -163,7 +163,9 @@ def evaluate_and_draw(model, cfg, dataset, trial: int, device, workers: int, out
                             rerank={} if rerank else None)
     payload: dict = {"model": res.results, "cmc": res.cmc}
     if rerank:
-        payload.update(model_reranked=res.reranked, cmc_reranked=res.cmc_reranked, rerank=dict(RERANK_DEFAULTS))
+        rr = RERANK_DEFAULTS
+        payload.update(model_reranked=res.reranked, cmc_reranked=res.cmc_reranked,
+                       rerank={"k1": rr["k1"], "k2": rr["k2"], "lambda": rr["lam"]})
     if not pictures:
         return payload
     folder, tag = Path(out_json).parent, f"{cfg.dataset}_trial{trial}"
