@@ -246,6 +246,8 @@ def _cmd_extract(args, extra) -> int:
 
 # ---------------------------------------------------------------------------- search
 def _cmd_search(args, extra) -> int:
+    if args.topk < 1:
+        raise InputError(f"--topk must be >= 1, got {args.topk}")
     for side in ("query", "gallery"):
         images, feats = getattr(args, side), getattr(args, f"{side}_features")
         if bool(images) == bool(feats):

@@ -201,6 +201,7 @@ def test_search_cli_with_images_equals_extract_then_search(trained_runs, toy_reg
     ("missing checkpoint", "checkpoint not found"),
     ("no images", "no image files"),
     ("modality the model lacks", "modality 'thermal'"),
+    ("topk 0", "--topk must be >= 1"),
 ])
 def test_search_cli_errors_are_one_line(case, expected, trained_runs, tmp_path, capsys):
     rng = np.random.default_rng(0)
@@ -225,6 +226,7 @@ def test_search_cli_errors_are_one_line(case, expected, trained_runs, tmp_path, 
         "no images": ["--checkpoint", str(trained_runs["dmdl"]), "--query", str(empty), "--gallery-features", gf],
         "modality the model lacks": ["--checkpoint", str(trained_runs["mult"]), "--query", str(tmp_path / "q.npz"),
                                      "--query-modality", "thermal", "--gallery-features", gf],
+        "topk 0": ["--query-features", qf, "--gallery-features", gf, "--topk", "0"],
     }[case]
     rc = main(["search", *args, "--out", str(tmp_path / "out")])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("dmdl search")]
