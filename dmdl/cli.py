@@ -143,8 +143,8 @@ def _cmd_evaluate(args, extra) -> int:
     # --rerank (k-reciprocal re-ranking) and the pictures (CMC curves, rank-list sheets) beside `out`
     from dmdl.inference.evaluation import evaluate_and_draw
 
-    report = evaluate_and_draw(model, cfg, dataset, trial, device, workers, out, rerank=args.rerank,
-                               pictures=not args.no_pictures)
+    report = evaluate_and_draw(model, cfg.dataset, dataset, cfg.height, cfg.width, trial, device, workers, out,
+                               rerank=args.rerank, pictures=not args.no_pictures)
     res = report["model"]
     print(format_table({"model": res, **({"re-ranked": report["model_reranked"]} if args.rerank else {})}))
     write_results(out, {"model": res, "checkpoint": str(path), "trial": trial,

@@ -33,7 +33,7 @@ from dmdl.ops import jaccard_distance
 __all__ = [
     "CHECKPOINT_NAME", "IMAGENET_MEAN", "IMAGENET_STD", "METRIC_KEYS", "SETTING_NAMES", "CheckpointError",
     "Config", "ImageReadError", "InputError", "LoadedModel", "available_cores", "embed", "eval_llcm", "eval_regdb",
-    "eval_sysu", "extract_features", "flip_width", "format_table", "jaccard_distance", "load_model",
+    "eval_sysu", "extract_features", "flip_width", "format_table", "jaccard_distance", "load_model", "config_dict",
     "preflight", "protocols", "read_image", "resolve_device", "test_transform", "weights_hash", "write_results",
 ]
 
@@ -42,7 +42,8 @@ MODALITIES = ("visible", "infrared")
 
 @dataclass
 class LoadedModel:
-    """A checkpoint's model, rebuilt and ready for inference.
+    """A checkpoint's model, rebuilt and ready for inference, with what the after-training code
+    needs from its config (read here only, so that a change of the config's layout is one edit).
 
     Attributes:
         model: the network in eval mode on ``device`` (one-stream, or a
@@ -51,6 +52,9 @@ class LoadedModel:
         path: the checkpoint file read.
         weights_hash: :func:`weights_hash` of the model (16 hex digits).
         device: where the model is.
+        height, width: the input size in pixels.
+        dataset, trial: what it was trained on (``"regdb"``, ``"sysu"``, ``"llcm"``; RegDB split).
+        arch, method: backbone and training method names.
     """
 
     model: nn.Module
@@ -58,6 +62,12 @@ class LoadedModel:
     path: Path
     weights_hash: str
     device: torch.device
+    height: int
+    width: int
+    dataset: str
+    trial: int
+    arch: str
+    method: str
 
     @property
     def two_stream(self) -> bool:
@@ -113,4 +123,10 @@ def load_model(checkpoint, device: str | torch.device = "cpu") -> LoadedModel:
                               f"({str(exc).splitlines()[0]})") from None
     model.eval().to(dev)
     digest = weights_hash(model.state_dict(), cfg.height, cfg.width)
-    return LoadedModel(model=model, config=cfg, path=path, weights_hash=digest, device=dev)
+    return LoadedModel(model=model, config=cfg, path=path, weights_hash=digest, device=dev, height=cfg.height,
+                       width=cfg.width, dataset=cfg.dataset, trial=cfg.trial, arch=cfg.arch, method=cfg.method)
+
+
+def config_dict(loaded: LoadedModel) -> dict:
+    """The checkpoint's config as the flat dict a checkpoint stores (``Config.to_dict``)."""
+    return loaded.config.to_dict()

@@ -144,8 +144,8 @@ def _mean(results: List[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
 
 
-def evaluate_and_draw(model, cfg, dataset, trial: int, device, workers: int, out_json, rerank: bool = False,
-                      pictures: bool = True) -> dict:
+def evaluate_and_draw(model, dataset_name: str, dataset, height: int, width: int, trial: int, device, workers: int,
+                      out_json, rerank: bool = False, pictures: bool = True) -> dict:
     """``dmdl evaluate``'s work: :func:`evaluate_protocol` (re-ranked too with ``rerank``, the
     paper's k1 20, k2 6, lambda 0.3), then, with ``pictures``, beside ``out_json``:
     ``cmc_<dataset>_trial<T>.png`` and ``ranklist_<dataset>_trial<T>_<setting>.png`` (a sheet
@@ -159,7 +159,7 @@ def evaluate_and_draw(model, cfg, dataset, trial: int, device, workers: int, out
     from dmdl.visualization.curves import plot_cmc
     from dmdl.visualization.ranklist import Entry, draw_sheet
 
-    res = evaluate_protocol(model, cfg.dataset, dataset, cfg.height, cfg.width, device, workers=workers,
+    res = evaluate_protocol(model, dataset_name, dataset, height, width, device, workers=workers,
                             rerank={} if rerank else None)
     payload: dict = {"model": res.results, "cmc": res.cmc}
     if rerank:
@@ -168,7 +168,7 @@ def evaluate_and_draw(model, cfg, dataset, trial: int, device, workers: int, out
                        rerank={"k1": rr["k1"], "k2": rr["k2"], "lambda": rr["lam"]})
     if not pictures:
         return payload
-    folder, tag = Path(out_json).parent, f"{cfg.dataset}_trial{trial}"
+    folder, tag = Path(out_json).parent, f"{dataset_name}_trial{trial}"
     names = [plot_cmc(res.cmc, folder / f"cmc_{tag}.png", title=f"CMC: {tag}",
                       reranked=res.cmc_reranked or None).name]
     for setting, rows in res.samples.items():

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from dmdl import __version__
 
-from ._bridge import IMAGENET_MEAN, IMAGENET_STD, InputError, LoadedModel, embed, load_model
+from ._bridge import IMAGENET_MEAN, IMAGENET_STD, InputError, LoadedModel, config_dict, embed, load_model
 
 FORMATS = ("onnx", "torchscript", "pth")
 SLIM_FORMAT = "dmdl-slim-1"
@@ -63,11 +63,10 @@ class InferenceGraph(nn.Module):
 
 def export_metadata(loaded: LoadedModel) -> dict:
     """The metadata recorded with every export (see the module docstring)."""
-    cfg = loaded.config
     two = loaded.two_stream
     return {
-        "producer": "dmdl", "dmdl_version": __version__, "arch": cfg.arch, "two_stream": two,
-        "height": cfg.height, "width": cfg.width, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+        "producer": "dmdl", "dmdl_version": __version__, "arch": loaded.arch, "two_stream": two,
+        "height": loaded.height, "width": loaded.width, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
         "interpolation": "bicubic", "input": "images: float32 (B, 3, height, width), RGB in [0, 1], then "
                                              "(x - mean) / std",
         "modalities": ["visible", "infrared"],
@@ -76,13 +75,13 @@ def export_metadata(loaded: LoadedModel) -> dict:
         "feature_dim": int(loaded.model.feat_dim), "output": "features: float32 (B, feature_dim), L2-normalised",
         "flip_averaging": "not in the graph: dmdl's evaluation averages the features of the image and its "
                           "horizontal flip, then L2-normalises",
-        "weights_hash": loaded.weights_hash, "method": cfg.method, "dataset": cfg.dataset, "trial": cfg.trial,
+        "weights_hash": loaded.weights_hash, "method": loaded.method, "dataset": loaded.dataset,
+        "trial": loaded.trial,
     }
 
 
 def _example(loaded: LoadedModel, batch: int = 2) -> tuple:
-    cfg = loaded.config
-    x = torch.randn(batch, 3, cfg.height, cfg.width, device=loaded.device)
+    x = torch.randn(batch, 3, loaded.height, loaded.width, device=loaded.device)
     if not loaded.two_stream:
         return (x,)
     return x, torch.tensor([i % 2 for i in range(batch)], dtype=torch.int64, device=loaded.device)
@@ -141,7 +140,8 @@ def export_model(checkpoint, fmt: str, out, device: str = "cpu") -> Path:
     meta = export_metadata(loaded)
     if fmt == "pth":
         state = {k: v.detach().cpu() for k, v in loaded.model.state_dict().items()}
-        torch.save({"format": SLIM_FORMAT, "model": state, "config": loaded.config.to_dict(), "meta": meta}, out)
+        torch.save({"format": SLIM_FORMAT, "model": state, "config": config_dict(loaded), "meta": meta},
+                   out)
         return out
     graph = InferenceGraph(loaded.model)
     if fmt == "onnx":

@@ -98,7 +98,7 @@ class FeatureExtractor:
         self.config = self.loaded.config
         self.weights_hash = self.loaded.weights_hash
         self.path: Path = self.loaded.path
-        self.height, self.width = self.config.height, self.config.width
+        self.height, self.width = self.loaded.height, self.loaded.width
         self.two_stream = self.loaded.two_stream
         self.feature_dim = int(self.model.feat_dim)
         self.batch_size, self.workers, self.progress = batch_size, workers, progress

@@ -117,16 +117,16 @@ def tsne_inputs(checkpoint, data_root, features_files, trial, max_images: int, d
         from dmdl.inference.extractor import FeatureExtractor
 
         fx = FeatureExtractor(checkpoint, device=device, progress=True)
-        cfg = fx.config
-        t = trial if trial is not None else cfg.trial
-        ds = preflight(cfg.dataset, data_root, t, splits=("test",))
+        name = fx.loaded.dataset
+        t = trial if trial is not None else fx.loaded.trial
+        ds = preflight(name, data_root, t, splits=("test",))
         parts = [(fx([r.path for r in recs], m), recs) for recs, m in
                  ((ds.test_visible, "visible"), (ds.test_infrared, "infrared"))]
         feats = np.concatenate([f.numpy() for f, _ in parts])
         mods = [r.modality for _, recs in parts for r in recs]
         ids = [r.pid for _, recs in parts for r in recs]
-        title = f"t-SNE of the {cfg.dataset} test features (trial {t})"
-        out = fx.path.with_name(f"tsne_{cfg.dataset}_trial{t}.png")
+        title = f"t-SNE of the {name} test features (trial {t})"
+        out = fx.path.with_name(f"tsne_{name}_trial{t}.png")
     if len(feats) > max_images:
         keep = np.sort(np.random.default_rng(0).choice(len(feats), size=max_images, replace=False))
         feats, mods, ids = feats[keep], [mods[i] for i in keep], [ids[i] for i in keep]
