@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,7 +35,7 @@ __all__ = [
     "CHECKPOINT_NAME", "IMAGENET_MEAN", "IMAGENET_STD", "METRIC_KEYS", "SETTING_NAMES", "CheckpointError",
     "Config", "ImageReadError", "InputError", "LoadedModel", "available_cores", "embed", "eval_llcm", "eval_regdb",
     "eval_sysu", "extract_features", "flip_width", "format_table", "jaccard_distance", "load_model", "config_dict",
-    "preflight", "protocols", "read_image", "resolve_device", "test_transform", "weights_hash", "write_results",
+    "preflight", "protocol_metric", "protocol_settings", "protocols", "read_image", "resolve_device", "test_transform", "weights_hash", "write_results",
 ]
 
 MODALITIES = ("visible", "infrared")
@@ -130,3 +131,32 @@ def load_model(checkpoint, device: str | torch.device = "cpu") -> LoadedModel:
 def config_dict(loaded: LoadedModel) -> dict:
     """The checkpoint's config as the flat dict a checkpoint stores (``Config.to_dict``)."""
     return loaded.config.to_dict()
+
+
+def protocol_settings(dataset_name: str, dataset, num_trials: int = 10) -> list:
+    """The test protocol of a dataset: ``[(setting, [(query records, gallery records), ...])]``,
+    one pair per gallery draw (RegDB ``v2t``/``t2v``: one fixed gallery; SYSU-MM01
+    ``all``/``indoor`` and LLCM ``ir2vis``/``vis2ir``: ``num_trials`` seeded draws).
+
+    Raises:
+        ValueError: unknown dataset name.
+    """
+    if dataset_name == "regdb":
+        return [(d, [protocols.regdb_query_gallery(dataset, direction=d)]) for d in ("v2t", "t2v")]
+    if dataset_name == "sysu":
+        return [(m, [protocols.sysu_query_gallery(dataset, mode=m, trial=t) for t in range(num_trials)])
+                for m in ("all", "indoor")]
+    if dataset_name == "llcm":
+        return [(m, [protocols.llcm_query_gallery(dataset, mode=m, trial=t) for t in range(num_trials)])
+                for m in ("ir2vis", "vis2ir")]
+    raise ValueError(f"unknown dataset {dataset_name!r}; expected regdb, sysu or llcm")
+
+
+def protocol_metric(dataset_name: str, dist: np.ndarray, query, gallery, max_rank: int = 20):
+    """The dataset's metric function on a (Q, G) distance matrix and the query / gallery records:
+    ``(cmc (max_rank,), mAP, mINP)`` as fractions (see :mod:`dmdl.evaluation.metrics`)."""
+    qp, gp = np.array([r.pid for r in query]), np.array([r.pid for r in gallery])
+    if dataset_name == "regdb":
+        return eval_regdb(dist, qp, gp, max_rank=max_rank)
+    qc, gc = np.array([r.camid for r in query]), np.array([r.camid for r in gallery])
+    return (eval_sysu if dataset_name == "sysu" else eval_llcm)(dist, qp, gp, qc, gc, max_rank=max_rank)

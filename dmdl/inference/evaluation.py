@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ._bridge import METRIC_KEYS, eval_llcm, eval_regdb, eval_sysu, extract_features, protocols
+from ._bridge import METRIC_KEYS, extract_features, protocol_metric, protocol_settings
 from .search import RERANK_DEFAULTS, k_reciprocal_distances
 
 MAX_RANK = 20
@@ -54,27 +54,6 @@ def _summary(cmc: np.ndarray, mAP: float, mINP: float) -> dict:
     return res
 
 
-def _metrics(dist: np.ndarray, q, g, name: str):
-    qp, gp = np.array([r.pid for r in q]), np.array([r.pid for r in g])
-    if name == "regdb":
-        return eval_regdb(dist, qp, gp, max_rank=MAX_RANK)
-    qc, gc = np.array([r.camid for r in q]), np.array([r.camid for r in g])
-    return (eval_sysu if name == "sysu" else eval_llcm)(dist, qp, gp, qc, gc, max_rank=MAX_RANK)
-
-
-def _settings(name: str, dataset, num_trials: int):
-    """[(setting, [(query records, gallery records) per gallery draw])] of the protocol."""
-    if name == "regdb":
-        return [(d, [protocols.regdb_query_gallery(dataset, direction=d)]) for d in ("v2t", "t2v")]
-    if name == "sysu":
-        return [(m, [protocols.sysu_query_gallery(dataset, mode=m, trial=t) for t in range(num_trials)])
-                for m in ("all", "indoor")]
-    if name == "llcm":
-        return [(m, [protocols.llcm_query_gallery(dataset, mode=m, trial=t) for t in range(num_trials)])
-                for m in ("ir2vis", "vis2ir")]
-    raise ValueError(f"unknown dataset {name!r}; expected regdb, sysu or llcm")
-
-
 def _samples(dist: np.ndarray, q, g, count: int, topk: int) -> list:
     picks = np.unique(np.linspace(0, len(q) - 1, num=min(count, len(q))).round().astype(int))
     out = []
@@ -99,7 +78,7 @@ def evaluate_protocol(model, dataset_name: str, dataset, height: int, width: int
         ValueError: unknown dataset; what the metric functions raise.
         InputError: re-ranking parameters out of range.
     """
-    settings = _settings(dataset_name, dataset, num_trials)
+    settings = protocol_settings(dataset_name, dataset, num_trials)
     kw = dict(height=height, width=width, device=device, workers=workers, batch_size=batch_size)
     banks = {}
     for m in ("visible", "infrared"):
@@ -119,14 +98,14 @@ def evaluate_protocol(model, dataset_name: str, dataset, height: int, width: int
         for t, (q, g) in enumerate(draws):
             qf, gf = take(q), take(g)
             dist = (-(qf @ gf.t())).cpu().numpy()
-            cmc, mAP, mINP = _metrics(dist, q, g, dataset_name)
+            cmc, mAP, mINP = protocol_metric(dataset_name, dist, q, g, MAX_RANK)
             plain.append(_summary(cmc, mAP, mINP))
             curves.append(cmc)
             if t == 0:
                 out.samples[setting] = _samples(dist, q, g, SAMPLE_QUERIES, SAMPLE_TOPK)
             if rr is not None:
                 d_rr = k_reciprocal_distances(qf.float(), gf.float(), **rr).cpu().numpy()
-                cmc, mAP, mINP = _metrics(d_rr, q, g, dataset_name)
+                cmc, mAP, mINP = protocol_metric(dataset_name, d_rr, q, g, MAX_RANK)
                 ranked.append(_summary(cmc, mAP, mINP))
                 curves_rr.append(cmc)
         out.results[setting] = _mean(plain)
