@@ -27,7 +27,6 @@ import platform
 import statistics
 import tempfile
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -48,16 +47,13 @@ def cpu_name() -> str:
 
 def bench_extract(arch: str, n_images: int, batch: int, folder: str) -> float:
     from dmdl.config import load_config
-    from dmdl.engine import build_model_from_config
+    from dmdl.inference._bridge import fresh_model
     from dmdl.inference.extractor import FeatureExtractor
 
     preset, h, w = PRESETS[arch]
-    cfg = load_config(preset, ["--height", str(h), "--width", str(w), "--pretrained", "none"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model_from_config(cfg, pretrained="none")
+    config = load_config(preset, ["--height", str(h), "--width", str(w), "--pretrained", "none"]).to_dict()
     ckpt = os.path.join(folder, f"{arch}.pth")
-    torch.save({"model": model.state_dict(), "config": cfg.to_dict()}, ckpt)
+    torch.save({"model": fresh_model(config).state_dict(), "config": config}, ckpt)
     fx = FeatureExtractor(ckpt, batch_size=batch)
     images = sorted(os.path.join(folder, "images", n) for n in os.listdir(os.path.join(folder, "images")))
     fx.extract(images[:batch], "visible")  # warm-up

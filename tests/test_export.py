@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from dmdl.cli import main
-from dmdl.config import make_config
-from dmdl.engine import build_model_from_config
+from dmdl.inference._bridge import fresh_model
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -29,9 +28,7 @@ def exported(trained_runs, tmp_path_factory):
 
 def _model(run):
     ckpt = torch.load(run / "checkpoint.pth", map_location="cpu", weights_only=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model_from_config(make_config(ckpt["config"]), pretrained="none")
+    model = fresh_model(ckpt["config"])
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt
 
@@ -84,9 +81,7 @@ def test_slim_pth_loads_into_a_fresh_model_and_gives_the_same_features(name, exp
     model, ckpt = _model(trained_runs[name])
     assert set(slim) == {"format", "model", "config", "meta"}
     assert set(ckpt) - set(slim)  # the optimizer, memories, pseudo-labels ... are gone
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random initialisation, overwritten
-        fresh = build_model_from_config(make_config(slim["config"]), pretrained="none")
+    fresh = fresh_model(slim["config"])
     own = fresh.state_dict()
     assert set(slim["model"]) == set(own)  # nothing else: no tensor sized by the cluster count
     assert all(slim["model"][k].shape == own[k].shape for k in own)

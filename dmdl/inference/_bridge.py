@@ -34,7 +34,8 @@ from dmdl.ops import jaccard_distance
 __all__ = [
     "CHECKPOINT_NAME", "IMAGENET_MEAN", "IMAGENET_STD", "METRIC_KEYS", "SETTING_NAMES", "CheckpointError",
     "Config", "ImageReadError", "InputError", "LoadedModel", "available_cores", "embed", "eval_llcm", "eval_regdb",
-    "eval_sysu", "extract_features", "flip_width", "format_table", "jaccard_distance", "load_model", "config_dict",
+    "eval_sysu", "extract_features", "flip_width", "format_table", "fresh_model", "jaccard_distance", "load_model",
+    "config_dict", "read_config",
     "preflight", "protocol_metric", "protocol_settings", "protocols", "read_image", "resolve_device", "test_transform", "weights_hash", "write_results",
 ]
 
@@ -88,6 +89,24 @@ def weights_hash(state_dict: dict, height: int, width: int) -> str:
     return h.hexdigest()[:16]
 
 
+def read_config(values: dict) -> Config:
+    """The :class:`~dmdl.config.Config` of a checkpoint's flat ``config`` dict.
+
+    Raises:
+        ValueError: unknown keys or values out of range (the message names the key).
+    """
+    return make_config(values)
+
+
+def fresh_model(config: Config | dict) -> nn.Module:
+    """The untrained network of a config (no pretrained weights, no warning), on the CPU, in
+    train mode: what a checkpoint's ``model`` state dict loads into."""
+    cfg = read_config(config) if isinstance(config, dict) else config
+    with warnings.catch_warnings():  # "no pretrained weights": the state dict comes next
+        warnings.simplefilter("ignore")
+        return build_model_from_config(cfg, pretrained="none")
+
+
 def load_model(checkpoint, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model of a dmdl checkpoint with its stored config, in eval mode.
 
@@ -111,12 +130,10 @@ def load_model(checkpoint, device: str | torch.device = "cpu") -> LoadedModel:
     dev = resolve_device(str(device))
     ckpt = load_checkpoint(path, need=("model", "config"))
     try:
-        cfg = make_config(ckpt["config"])
+        cfg = read_config(ckpt["config"])
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: its stored config is not valid ({exc})") from None
-    with warnings.catch_warnings():  # the random initialisation is overwritten below
-        warnings.simplefilter("ignore")
-        model = build_model_from_config(cfg, pretrained="none")
+    model = fresh_model(cfg)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
