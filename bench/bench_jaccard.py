@@ -23,9 +23,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dmdl.ops import jaccard_distance
+from dmdl.testing import clustered_features
 
 try:  # optional kNN backend of the reference pipeline
     import faiss  # type: ignore
@@ -41,21 +41,14 @@ SIZES = [
 THREADS = [1, 2]
 
 
-def make_features(n: int, d: int = D, seed: int = 0) -> torch.Tensor:
-    """Clusters of ~20 around random centres, heavy noise: L2-normalised rows."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(max(2, n // 20), d, generator=g)
-    labels = torch.randint(0, centres.shape[0], (n,), generator=g)
-    return F.normalize(centres[labels] + 0.8 * torch.randn(n, d, generator=g), dim=1)
-
-
 _FEATURES: dict[int, torch.Tensor] = {}
 
 
 def features(n: int) -> torch.Tensor:
     if n not in _FEATURES:
         _FEATURES.clear()
-        _FEATURES[n] = make_features(n)
+        # clusters of ~20 around random centres, heavy noise: L2-normalised rows
+        _FEATURES[n] = clustered_features(n, D, noise=0.8, cluster_size=20)
     return _FEATURES[n]
 
 

@@ -26,11 +26,11 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dmdl.ops import jaccard_distance
 from dmdl.pseudo_labels import dbscan_labels
 from dmdl.pseudo_labels.mult import dbscan_centers, mult_label_transfer
+from dmdl.testing import two_modality_features
 
 SIZES = [2000, 4000, pytest.param(8000, marks=pytest.mark.slow), pytest.param(12000, marks=pytest.mark.slow)]
 VARIANTS = ["reference", "ours", "ours-knn"]
@@ -40,15 +40,8 @@ _CACHE: dict = {}
 def _inputs(n: int):
     if n in _CACHE:
         return _CACHE[n]
-    g = torch.Generator().manual_seed(n)
-    d = 256
-    ids = n // 20
-    base = F.normalize(torch.randn(ids, d, generator=g), dim=1)
-    gap = 0.1 * torch.randn(d, generator=g)
-    yr = torch.randint(0, ids, (n,), generator=g)
-    yi = torch.randint(0, ids, (n // 2,), generator=g)
-    fr = F.normalize(base[yr] + 0.6 * torch.randn(n, d, generator=g) / d ** 0.5, dim=1)
-    fi = F.normalize(base[yi] + gap + 0.6 * torch.randn(n // 2, d, generator=g) / d ** 0.5, dim=1)
+    fr, fi, _, _ = two_modality_features(n, n_visible=n, n_infrared=n // 2, ids=n // 20, d=256, shift=0.1, noise=0.6,
+                                         gap_first=True)
     out = {}
     for name, f in (("rgb", fr), ("ir", fi)):
         sparse = jaccard_distance(f, 30, 6, output="sparse")

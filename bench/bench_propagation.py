@@ -27,13 +27,12 @@ No time is asserted; ``ours`` is checked to agree with ``torch_sparse`` and ``de
 from __future__ import annotations
 
 import os
-import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from dmdl.ops import jaccard_distance, propagate, row_normalize
+from dmdl.ops import propagate
+from dmdl.testing import clustered_features, jaccard_affinity
 
 K, D, K1, K2 = 400, 256, 30, 6
 A_COEF, B_COEF = 0.5, 0.5
@@ -55,14 +54,6 @@ def _threads():
     return [int(t) for t in env.split(",")] if env else [1, 2]
 
 
-def make_features(n: int, d: int = D, seed: int = 0) -> torch.Tensor:
-    """Clusters of ~20 around random centres, heavy noise: L2-normalised rows (bench_jaccard.py)."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(max(2, n // 20), d, generator=g)
-    labels = torch.randint(0, centres.shape[0], (n,), generator=g)
-    return F.normalize(centres[labels] + 0.8 * torch.randn(n, d, generator=g), dim=1)
-
-
 _INPUTS: dict[int, dict] = {}
 
 
@@ -70,12 +61,8 @@ def inputs(n: int) -> dict:
     """The affinity (CSR and dense), labels and the GEMM of the limit for size n (one size cached)."""
     if n not in _INPUTS:
         _INPUTS.clear()
-        dist = jaccard_distance(make_features(n), K1, K2, output="sparse")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            aff = row_normalize(torch.sparse_csr_tensor(dist.crow_indices(), dist.col_indices(), 1.0 - dist.values(),
-                                                        size=(n, n), check_invariants=False))
-        del dist
+        # the features of bench_jaccard.py: clusters of ~20 around random centres, heavy noise
+        aff = jaccard_affinity(clustered_features(n, D, noise=0.8, cluster_size=20), K1, K2)
         g = torch.Generator().manual_seed(1)
         y = torch.softmax(5.0 * torch.randn(n, K, generator=g), dim=1)
         nnz = aff.values().numel()

@@ -17,14 +17,6 @@ import statistics
 import sys
 
 import torch
-import torch.nn.functional as F
-
-
-def make_features(n: int, d: int, seed: int, device: torch.device) -> torch.Tensor:
-    g = torch.Generator(device=device).manual_seed(seed)
-    centres = torch.randn(max(2, n // 20), d, generator=g, device=device)
-    labels = torch.randint(0, centres.shape[0], (n,), generator=g, device=device)
-    return F.normalize(centres[labels] + 0.8 * torch.randn(n, d, generator=g, device=device), dim=1).contiguous()
 
 
 def time_ms(fn, warmup: int, repeat: int) -> tuple[list[float], object]:
@@ -60,6 +52,7 @@ def main() -> int:
         return 2
     from dmdl.ops import _library
     from dmdl.ops.jaccard import jaccard_distance
+    from dmdl.testing import clustered_features
 
     lib = _library.load()
     if not lib.cuda_compiled():
@@ -68,7 +61,7 @@ def main() -> int:
         return 2
 
     dev = torch.device("cuda")
-    x = make_features(args.n, args.d, args.seed, dev)
+    x = clustered_features(args.n, args.d, args.seed, noise=0.8, cluster_size=20, device=dev)
     k1, k2 = args.k1, args.k2
     margins = {"fp32": 8, "tf32": 8, "bf16": 32}
     rows = []

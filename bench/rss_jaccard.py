@@ -14,7 +14,6 @@ import resource
 import time
 
 import torch
-import torch.nn.functional as F
 
 
 def peak_rss_gb() -> float:
@@ -31,15 +30,10 @@ def main() -> None:
 
     from dmdl.ops import jaccard_distance
     from dmdl.pseudo_labels import dbscan_labels
+    from dmdl.testing import clustered_features
 
-    g = torch.Generator().manual_seed(0)
-    centres = torch.randn(args.n // 20, args.d, generator=g)
-    x = torch.empty(args.n, args.d)
-    for s in range(0, args.n, 8192):  # no N x D temporaries beyond x itself
-        e = min(args.n, s + 8192)
-        lab = torch.randint(0, centres.shape[0], (e - s,), generator=g)
-        x[s:e] = F.normalize(centres[lab] + 0.8 * torch.randn(e - s, args.d, generator=g), dim=1)
-    del centres
+    # 8192 rows at a time: no N x D temporaries beyond x itself
+    x = clustered_features(args.n, args.d, 0, noise=0.8, cluster_size=20, chunk_rows=8192)
     base = peak_rss_gb()
     t = time.perf_counter()
     dist = jaccard_distance(x, 30, 6)

@@ -19,10 +19,11 @@ import warnings
 from pathlib import Path
 
 from dmdl import __version__
+from dmdl.data.registry import DATASET_NAMES, get_dataset
 from dmdl.errors import DmdlError, InputError
+from dmdl.rundir import CHECKPOINT_NAME, CONFIG_NAME, TRIALS_NAME, evaluation_name
 
 DEMO_PRESET = "demo"
-DATASET_CHOICES = ("sysu", "regdb", "llcm")
 
 
 class _State:
@@ -48,16 +49,16 @@ def _train_config(args, extra):
         run_dir = run if run.is_dir() else run.parent
         if not run.exists():
             raise FileNotFoundError(f"--resume: no run directory or checkpoint at {run}")
-        if not (run_dir / "config.json").is_file():
+        if not (run_dir / CONFIG_NAME).is_file():
             raise InputError(f"--resume: {run_dir} is not a dmdl run directory (no config.json); "
                              "pass --config too to resume into another directory")
         overrides += ["--resume", str(run), "--output-dir", str(run_dir)]
         try:
-            saved = json.loads((run_dir / "config.json").read_text())
+            saved = json.loads((run_dir / CONFIG_NAME).read_text())
         except ValueError as exc:
-            raise InputError(f"--resume: {run_dir / 'config.json'} is not valid JSON ({exc})") from None
-        if (run_dir / "trials.json").is_file() and args.trial is None:
-            trials = json.loads((run_dir / "trials.json").read_text())["trials"]
+            raise InputError(f"--resume: {run_dir / CONFIG_NAME} is not valid JSON ({exc})") from None
+        if (run_dir / TRIALS_NAME).is_file() and args.trial is None:
+            trials = json.loads((run_dir / TRIALS_NAME).read_text())["trials"]
         cfg = load_config(saved, overrides)
     else:
         if not args.config:
@@ -68,36 +69,38 @@ def _train_config(args, extra):
     if args.trial is not None:
         trials = parse_trials(args.trial)
         if len(trials) == 1 and args.trial.strip().lower() != "all":
-            from dataclasses import replace
-
-            cfg = replace(cfg, trial=trials[0]).validate()
+            cfg = cfg.replace(trial=trials[0])
             trials = None
-    if trials is not None and cfg.dataset != "regdb":
-        raise InputError(f"--trial all / a trial list is for RegDB; the config's dataset is {cfg.dataset!r}")
-    if cfg.pretrained not in ("imagenet", "none") and not Path(cfg.pretrained).is_file():
-        raise FileNotFoundError(f"--pretrained: no such weights file: {cfg.pretrained}")
+    if trials is not None and not get_dataset(cfg.data.dataset).trials:
+        raise InputError(f"--trial all / a trial list is for RegDB; the config's dataset is {cfg.data.dataset!r}")
+    pretrained = cfg.model.pretrained
+    if pretrained not in ("imagenet", "none") and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"--pretrained: no such weights file: {pretrained}")
     return cfg, trials
 
 
 def _cmd_train(args, extra) -> int:
     cfg, trials = _train_config(args, extra)
-    print(f"output directory: {Path(cfg.output_dir).resolve()}", flush=True)
-    _State.run_dir = Path(cfg.output_dir)
+    print(f"output directory: {Path(cfg.run.output_dir).resolve()}", flush=True)
+    _State.run_dir = Path(cfg.run.output_dir)
     from dmdl.data.check import preflight
 
+    data = cfg.data
     datasets = {}
-    for t in trials or [cfg.trial]:
-        datasets[t] = preflight(cfg.dataset, cfg.data_root, t, images=cfg.check_images,
-                                max_train_images=cfg.max_train_images, log=print)
-    from dmdl.engine import Engine, train_trials
+    for t in trials or [data.trial]:
+        datasets[t] = preflight(data.dataset, data.data_root, t, images=data.check_images,
+                                max_train_images=data.max_train_images, log=print)
+    from dmdl.engine import Engine
+    from dmdl.methods import get_method
+    from dmdl.trials import train_trials
 
     if trials is None:
-        engine = Engine(cfg, dataset=datasets[cfg.trial], announce=False)
+        engine = Engine(cfg, get_method(cfg), dataset=datasets[data.trial], announce=False)
         _State.phase = "run"
         engine.run()
     else:
         _State.phase = "run"
-        train_trials(cfg, trials)
+        train_trials(cfg, trials, get_method(cfg))
     return 0
 
 
@@ -105,29 +108,33 @@ def _cmd_train(args, extra) -> int:
 def _cmd_evaluate(args, extra) -> int:
     path = Path(args.checkpoint)
     if path.is_dir():
-        path = path / "checkpoint.pth"
+        path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not Path(args.data_root).is_dir():
         raise FileNotFoundError(f"--data-root: no such directory: {args.data_root}")
-    from dmdl.config import make_config
+    from dmdl.config import config_from_saved
     from dmdl.data.check import available_cores, preflight
-    from dmdl.engine import build_model_from_config, load_checkpoint, resolve_device, write_results
     from dmdl.evaluation.runner import format_table
+    from dmdl.models.from_config import build_model_from_config
+    from dmdl.training.checkpoint import load_checkpoint
+    from dmdl.training.context import resolve_device
+    from dmdl.training.log import write_results
 
     ckpt = load_checkpoint(path, need=("model", "config"))
-    cfg = make_config(ckpt["config"])
-    if args.dataset and args.dataset != cfg.dataset:
-        raise InputError(f"the checkpoint {path} was trained on {cfg.dataset}, not {args.dataset}")
-    trial = args.trial if args.trial is not None else cfg.trial
-    if cfg.dataset == "regdb" and trial != cfg.trial:
-        print(f"warning: the model was trained on RegDB trial {cfg.trial}; testing it on trial {trial}'s split "
+    cfg = config_from_saved(ckpt["config"])
+    data = cfg.data
+    if args.dataset and args.dataset != data.dataset:
+        raise InputError(f"the checkpoint {path} was trained on {data.dataset}, not {args.dataset}")
+    trial = args.trial if args.trial is not None else data.trial
+    if get_dataset(data.dataset).trials and trial != data.trial:
+        print(f"warning: the model was trained on RegDB trial {data.trial}; testing it on trial {trial}'s split "
               "mixes training identities into the test set", file=sys.stderr)
-    dataset = preflight(cfg.dataset, args.data_root, trial, splits=("test",), log=print)
+    dataset = preflight(data.dataset, args.data_root, trial, splits=("test",), log=print)
     device = resolve_device(args.device)
     with warnings.catch_warnings():  # random init is overwritten by the checkpoint
         warnings.simplefilter("ignore")
-        model = build_model_from_config(cfg, pretrained="none")
+        model = build_model_from_config(cfg.model, pretrained="none")
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
@@ -138,12 +145,12 @@ def _cmd_evaluate(args, extra) -> int:
     model.to(device)
     _State.phase = "run"
     workers = min(args.workers, available_cores())
-    out = Path(args.output) if args.output else path.with_name(f"evaluation_{cfg.dataset}_trial{trial}.json")
+    out = Path(args.output) if args.output else path.with_name(evaluation_name(data.dataset, trial))
     # after training (dmdl.inference.evaluation): the protocol's numbers as evaluate_model's, plus
     # --rerank (k-reciprocal re-ranking) and the pictures (CMC curves, rank-list sheets) beside `out`
     from dmdl.inference.evaluation import evaluate_and_draw
 
-    report = evaluate_and_draw(model, cfg.dataset, dataset, cfg.height, cfg.width, trial, device, workers, out,
+    report = evaluate_and_draw(model, data.dataset, dataset, data.height, data.width, trial, device, workers, out,
                                rerank=args.rerank, pictures=not args.no_pictures)
     res = report["model"]
     print(format_table({"model": res, **({"re-ranked": report["model_reranked"]} if args.rerank else {})}))
@@ -167,13 +174,14 @@ def _cmd_demo(args, extra) -> int:
         root = str(ensure_toy_dataset("regdb"))
         print(f"toy RegDB-layout dataset at {root} ({time.time() - t:.1f} s)")
     cfg = load_config(DEMO_PRESET, overrides + ["--data-root", root])
-    print(f"output directory: {Path(cfg.output_dir).resolve()}", flush=True)
+    print(f"output directory: {Path(cfg.run.output_dir).resolve()}", flush=True)
     from dmdl.data.check import preflight
 
-    dataset = preflight(cfg.dataset, cfg.data_root, cfg.trial, images=cfg.check_images, log=print)
+    dataset = preflight(cfg.data.dataset, cfg.data.data_root, cfg.data.trial, images=cfg.data.check_images, log=print)
     from dmdl.engine import Engine
+    from dmdl.methods import get_method
 
-    engine = Engine(cfg, dataset=dataset, announce=False)
+    engine = Engine(cfg, get_method(cfg), dataset=dataset, announce=False)
     _State.phase = "run"
     engine.run()
     return 0
@@ -216,7 +224,7 @@ def _checkpoint_path(value: str) -> Path:
     """``--checkpoint``: a file, or a run directory holding ``checkpoint.pth``."""
     path = Path(value)
     if path.is_dir():
-        path = path / "checkpoint.pth"
+        path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return path
@@ -459,7 +467,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                        description="Rebuild the model from the config stored in a checkpoint and run the test "
                                    "protocol of its dataset; writes evaluation_<dataset>_trial<T>.json beside it, "
                                    "with the CMC curves and rank-list sheets of sample queries (PNG).")
-    e.add_argument("--dataset", choices=DATASET_CHOICES,
+    e.add_argument("--dataset", choices=DATASET_NAMES,
                    help="the dataset the checkpoint was trained on (checked against the checkpoint; default: its own)")
     e.add_argument("--data-root", required=True, help="dataset folder in its raw layout")
     e.add_argument("--checkpoint", required=True, help="checkpoint.pth written by dmdl train (or its run directory)")
@@ -486,7 +494,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     c = sub.add_parser("check-dataset", help="scan a dataset and list every problem",
                        description="Read every idx / id list of a dataset and decode every image it lists; print "
                                    "every problem found, grouped by kind with counts. Exit code 2 when there is one.")
-    c.add_argument("--dataset", choices=DATASET_CHOICES, required=True)
+    c.add_argument("--dataset", choices=DATASET_NAMES, required=True)
     c.add_argument("--data-root", required=True, help="dataset folder in its raw layout")
     c.add_argument("--trial", help="RegDB trials to read: 1..10, a list such as 1,2 or 'all' (default: all)")
     c.add_argument("--no-images", action="store_true", help="check the lists and folders only, do not decode images")
@@ -496,7 +504,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     verbs["check-dataset"] = c
 
     m = sub.add_parser("make-toy-dataset", help="write a small generated dataset in a raw layout")
-    m.add_argument("--layout", choices=DATASET_CHOICES, required=True)
+    m.add_argument("--layout", choices=DATASET_NAMES, required=True)
     m.add_argument("--num-ids", type=int, help="identities (default: 48 RegDB, 24 SYSU / LLCM)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("out", help="the new dataset's root folder (must be empty or absent)")

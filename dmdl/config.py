@@ -1,40 +1,119 @@
-"""Training configuration: one dataclass, YAML presets, command-line overrides.
+"""Training configuration: sections owned by their consumers, YAML presets, flat command-line keys.
 
-Presets live in ``dmdl/configs/<name>.yaml`` and hold only the keys that differ
-from the dataclass defaults. ``load_config("regdb", ["--stage1-epochs", "5"])``
-gives the ``regdb`` preset with one override.
+A :class:`Config` is made of sections, each a dataclass that validates itself:
+
+- ``run`` (:class:`RunConfig`): seed, device, output, resume, precision, model selection;
+- ``data`` (:class:`DataConfig`): dataset, split, input size, batch composition, loading;
+- ``model`` (:class:`ModelConfig`): backbone, weights, BatchNorm grouping, memory layout;
+- ``schedule`` (:class:`ScheduleConfig`): epochs, iterations, optimiser and LR schedule;
+- ``clustering`` (:class:`ClusteringConfig`): clustering features, Jaccard, DBSCAN and its guards;
+- ``transfer`` (:class:`TransferConfig`): MULT's label transfer (read by MULT, and by DMDL with
+  ``association: mult``);
+- ``method``: the section of the chosen method (``dmdl.methods.dmdl.DMDLConfig``,
+  ``dmdl.methods.mult.MULTConfig``), which a method module registers with
+  :func:`register_method_config` (``import dmdl`` registers DMDL and MULT).
+
+Presets (``dmdl/configs/<name>.yaml``), YAML files, a run's ``config.json`` and command-line
+overrides all use flat keys (``k1: 20``, ``--cai false``): every key belongs to exactly one
+section, and ``--method`` picks the method section. A key that belongs to no section is an
+error naming the closest keys; a key of a section this run does not read (``--cai true`` with
+``--method mult``) is an error saying which method reads it, unless its value is the default
+(so a ``config.json`` written by another version loads).
+
+``load_config("regdb", ["--stage1-epochs", "5"])`` gives the ``regdb`` preset with one override.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import yaml
 
-DATASETS = ("sysu", "regdb", "llcm")
+from dmdl.data.registry import DATASET_NAMES, get_dataset
+
+
+class Section:
+    """Base of the config sections (dataclasses). ``section`` is the section's name;
+    :meth:`check` validates the section, with the whole config for checks across sections."""
+
+    section: ClassVar[str] = ""
+
+    def check(self, cfg: "Config") -> None:
+        """Raise ValueError naming the key when a value is out of range."""
+
+
+def at_least(section: Section, minimum: float, *keys: str) -> None:
+    """Raise ValueError naming the first of ``keys`` whose value is below ``minimum``."""
+    for key in keys:
+        if getattr(section, key) < minimum:
+            raise ValueError(f"{key} must be >= {minimum:g}, got {getattr(section, key)}")
+
+
+def one_of(section: Section, key: str, choices: Sequence[str]) -> None:
+    """Raise ValueError naming ``key`` when its value is not one of ``choices``."""
+    if getattr(section, key) not in choices:
+        raise ValueError(f"{key} must be {' or '.join(repr(c) for c in choices)}, got {getattr(section, key)!r}")
 
 
 @dataclass
-class Config:
-    """Every knob of a training run. Defaults are DMDL's published values
-    (algorithm.md §A1, §A8, §A10) for RegDB unless a preset says otherwise."""
+class RunConfig(Section):
+    """How a run runs: seeds, device, where it writes, precision, model selection (algorithm.md §A10)."""
 
-    method: str = "dmdl"  # the training method (dmdl.methods)
+    section: ClassVar[str] = "run"
+    seed: int = 1
+    device: str = "auto"
+    output_dir: str = "runs/regdb"
+    resume: str | None = None  # a run directory or checkpoint file to continue from
+    deterministic: bool = False  # deterministic kernels: a resumed run ends as an uninterrupted one
+    eval_untrained: bool = True
+    amp: bool = True  # fp16 autocast + GradScaler on CUDA (the reference's default); ignored on the CPU
+    # model selection (algorithm.md §A1.2 step 9): also report the epoch with the best TEST mAP (the reference's leak)
+    select_on_test: bool = False
 
-    # data
+
+@dataclass
+class DataConfig(Section):
+    """The dataset, its split, the input size and the batch composition (algorithm.md §A3, §A4.2)."""
+
+    section: ClassVar[str] = "data"
     dataset: str = "regdb"
     data_root: str | None = None
     trial: int = 1  # RegDB: split 1..10 the model is trained on; SYSU/LLCM: unused
     height: int = 288
     width: int = 144
+    # per-modality batch = (batch_size / num_instances) pseudo-identities x num_instances images
+    batch_size: int = 128
+    num_instances: int = 16
     cache_images: bool = False  # keep decoded training images in RAM
     workers: int = 4
+    max_train_images: int | None = None  # cap per modality, for smoke runs
+    check_images: bool = True  # decode every image before the run starts (names the bad files)
 
-    # model (algorithm.md §A2)
+    def check(self, cfg: "Config") -> None:
+        info = get_dataset(self.dataset) if self.dataset in DATASET_NAMES else None
+        if info is None:
+            raise ValueError(f"dataset must be one of {DATASET_NAMES}, got {self.dataset!r}")
+        if info.trials and not 1 <= self.trial <= info.trials:
+            raise ValueError(f"trial must be in 1..{info.trials} for {info.title}, got {self.trial}")
+        at_least(self, 1, "height", "width", "batch_size", "num_instances")
+        at_least(self, 0, "workers")
+        if self.batch_size % self.num_instances:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_instances "
+                             f"({self.num_instances})")
+        if self.max_train_images is not None and self.max_train_images < 1:
+            raise ValueError(f"max_train_images must be >= 1 (or none), got {self.max_train_images}")
+
+
+@dataclass
+class ModelConfig(Section):
+    """The backbone and how it is laid out (algorithm.md §A2, §B2)."""
+
+    section: ClassVar[str] = "model"
     arch: str = "resnet50"  # resnet18/34/50/101 (AGW) or mobilenet_v2
     pretrained: str = "imagenet"  # a .pth file, "imagenet" or "none"
     non_local: bool = True  # AGW non-local blocks (ResNets only: false for mobilenet_v2)
@@ -43,8 +122,25 @@ class Config:
     # algorithm.md §B2); DMDL itself is one-stream (false)
     two_stream: bool = False
     channels_last: bool = False
+    ghost_bn_groups: int = 0  # > 1: BatchNorm statistics per group, as the reference's 4-GPU DataParallel
 
-    # schedule (algorithm.md §A1.1, §A10)
+    def check(self, cfg: "Config") -> None:
+        if self.arch == "mobilenet_v2" and self.non_local:
+            raise ValueError("non_local: the non-local blocks exist for the ResNet AGW only; "
+                             "set --non-local false with --arch mobilenet_v2")
+        if self.last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, got {self.last_stride}")
+        batch = cfg.data.batch_size
+        if self.ghost_bn_groups < 0 or (self.ghost_bn_groups > 1 and batch % self.ghost_bn_groups):
+            raise ValueError(f"ghost_bn_groups must be 0, 1 or divide batch_size ({batch}), "
+                             f"got {self.ghost_bn_groups}")
+
+
+@dataclass
+class ScheduleConfig(Section):
+    """Epochs, iterations, the optimiser and its LR schedule (algorithm.md §A1.1, §A10, §B5)."""
+
+    section: ClassVar[str] = "schedule"
     stage1_epochs: int = 30
     stage2_epochs: int = 30
     iters: int = 100
@@ -56,166 +152,170 @@ class Config:
     lr_milestones: str = ""  # "20,60,80": epochs counted over both stages (stage 1 first) where the LR is
     #                          multiplied by gamma, instead of StepLR(step_size) per stage (MULT's schedule)
 
-    # sampler (algorithm.md §A4.2): per-modality batch = num_ids * num_instances, each image in
-    # two views (§A3), so one step sees 4 * batch_size images
-    batch_size: int = 128
-    num_instances: int = 16
-
-    # augmentation (algorithm.md §A3): timm pixel-mode RandomErasing max area per stage
-    erasing_max_area: float = 0.5
-    erasing_max_area_stage2: float = 0.5  # RegDB stage 2: 0.6
-
-    # memory (algorithm.md §A4.1, §A8)
-    temperature: float = 0.05
-    momentum: float = 0.2
-
-    # losses (algorithm.md §A4.4, §A5.5, §A8): lambda_tri(e) as "first_epoch:weight,..."
-    triplet_margin: float = 0.3
-    stage1_triplet: str = "0:0,16:0.25,26:0.5,36:1"
-    stage2_triplet: str = "0:0,11:0.5,21:1"
-
-    # pseudo-labels (algorithm.md §A5.1, §A5.2, §A9)
-    k1: int = 30
-    k2: int = 6
-    k1_mapped: int = 0  # stage 2: k1 of the mapped modality (SYSU/LLCM 15); 0 = k1 for both (RegDB)
-    eps: float = 0.3
-    min_samples: int = 4
-    renormalize: str = "stage2"  # L2-renormalise flip-averaged features: "always", "never", "stage2"
-    feature_flip: bool = True  # average each clustering feature with its flipped image (MULT: no flip)
-    association: str = "imca"  # DMDL stage 2: "imca", "hungarian", "ot" or "mult" (MULT's label transfer)
-    matching: str = "cluster"  # "cluster": iMCA every epoch; "regdb-cycle": sample-level on epoch % 5 >= 2
-    cross_weight: float = 0.0  # weight of a non-DMDL stage-2 cross-memory term (0 = off; PGM: 0.25)
-    cross_memory: str = "anchor"  # "anchor": PGM's mapped-vs-anchor memory; "shared": RGB+IR centroids
-
-    # DMDL modules (algorithm.md §A3, §A6, §A7): each switchable for the ablations (Table 3)
-    cai: bool = True  # CAI backdoor-adjusted loss in stage 2 (§A6)
-    lambda_cai: float = 0.5
-    cbt_data: bool = True  # infrared second view = pseudo-colour (else a second ChannelAdapGray view)
-    cbt_label: bool = True  # GMM certainty + swapped top-k refined targets + adaptive shared memory
-    cbt_feature: bool = True  # MMD between the two views of each modality (§A7.3)
-    lambda_fa: float = 1.0
-    refine_from_stage1: int = 30  # first stage-1 epoch with certainty/refinement (RegDB: never)
-    refine_from_stage2: int = 5  # first stage-2 epoch using the refined targets
-    topk_stage1: int = 3
-    topk_stage2: int = 10
-    certainty_per_cluster: bool = True  # stage 2: per-cluster GMMs (SYSU/LLCM) or one global (RegDB)
-    certainty_loss: str = "prob"  # GMM input: "prob" (the code's -p) or "log" (the paper's Eq. 10, -log p)
-    swap_predictions: bool = True  # False: each view's own prediction ("w/o exchange", Fig. 5)
-    adaptive_momentum: bool = True  # shared memory eta_x = 0.2/max(q, 0.2); False: fixed `momentum`
-    inter_modality_from: int = 25  # first stage-2 epoch with paired-identity batches (-1: never)
-
-    # MULT (algorithm.md Part B; method: mult, and DMDL's association "mult")
-    mult_alpha: float = 0.2  # weight of the initial labels in the label propagation (§B3 step 4)
-    mult_beta: float = 0.7  # soft labels: beta onehot(argmax y) + (1 - beta) y (§B3 step 6)
-    mult_lambda: float = 25.0  # Sinkhorn kernel exp(-lambda |f - c|^2) (§B3 step 2-3)
-    cross_affinity: str = "dense"  # heterogeneous affinity: "dense" Sinkhorn plan (MULT) or "knn" (sparse,
-    #                                  unbalanced; experimental: much worse labels on RegDB-half, see README)
-    cross_k: int = 30  # neighbours per row of the "knn" heterogeneous affinity
-    oclr_sharpen: float = 0.2  # OCLR target temperature (§B4)
-    lambda_oclr: float = 1.0  # weight of L_oclr (1 in MULT)
-
-    # hardware (algorithm.md §A2, §A10)
-    amp: bool = True  # fp16 autocast + GradScaler on CUDA (the reference's default); ignored on the CPU
-    ghost_bn_groups: int = 0  # > 1: BatchNorm statistics per group, as the reference's 4-GPU DataParallel
-
-    # model selection (algorithm.md §A1.2 step 9)
-    select_on_test: bool = False  # also report the epoch with the best TEST mAP (the reference's leak)
-
-    # run
-    seed: int = 1
-    device: str = "auto"
-    output_dir: str = "runs/regdb"
-    resume: str | None = None  # a run directory or checkpoint file to continue from
-    deterministic: bool = False  # deterministic kernels: a resumed run ends as an uninterrupted one
-    eval_untrained: bool = True
-    max_train_images: int | None = None  # cap per modality, for smoke runs
-    check_images: bool = True  # decode every image before the run starts (names the bad files)
-
-    # guards (dmdl.guards): DBSCAN results that leave little to train on
-    min_clusters: int = 2  # stop when a modality has fewer clusters (0: never stop)
-    max_outlier_share: float = 0.5  # warn when DBSCAN leaves more than this share of a modality as outliers
-
-    def validate(self) -> "Config":
-        """Check value ranges; raises ValueError naming the key."""
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        if self.dataset == "regdb" and not 1 <= self.trial <= 10:
-            raise ValueError(f"trial must be in 1..10 for RegDB, got {self.trial}")
-        for key in ("height", "width", "iters", "batch_size", "num_instances", "k1", "k2", "min_samples"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("stage1_epochs", "stage2_epochs", "workers"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if self.batch_size % self.num_instances:
-            raise ValueError(
-                f"batch_size ({self.batch_size}) must be a multiple of num_instances ({self.num_instances})"
-            )
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.temperature <= 0 or self.eps <= 0:
-            raise ValueError("temperature and eps must be > 0")
-        if self.cross_memory not in ("anchor", "shared"):
-            raise ValueError(f"cross_memory must be 'anchor' or 'shared', got {self.cross_memory!r}")
-        from dmdl.methods import METHODS
-
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
-        if self.arch == "mobilenet_v2" and self.non_local:
-            raise ValueError("non_local: the non-local blocks exist for the ResNet AGW only; "
-                             "set --non-local false with --arch mobilenet_v2")
-        if self.last_stride not in (1, 2):
-            raise ValueError(f"last_stride must be 1 or 2, got {self.last_stride}")
-        if self.renormalize not in ("always", "never", "stage2"):
-            raise ValueError(f"renormalize must be 'always', 'never' or 'stage2', got {self.renormalize!r}")
-        if self.matching not in ("cluster", "regdb-cycle"):
-            raise ValueError(f"matching must be 'cluster' or 'regdb-cycle', got {self.matching!r}")
-        if self.association not in ("imca", "hungarian", "ot", "mult"):
-            raise ValueError(f"association must be 'imca', 'hungarian', 'ot' or 'mult', got {self.association!r}")
-        if self.cross_affinity not in ("dense", "knn"):
-            raise ValueError(f"cross_affinity must be 'dense' or 'knn', got {self.cross_affinity!r}")
-        for key in ("mult_alpha", "mult_beta"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)}")
-        for key in ("mult_lambda", "oclr_sharpen"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
-        if self.cross_k < 1 or self.iters_stage2 < 0 or self.lambda_oclr < 0:
-            raise ValueError(f"need cross_k >= 1, iters_stage2 >= 0, lambda_oclr >= 0; got {self.cross_k}, "
-                             f"{self.iters_stage2}, {self.lambda_oclr}")
+    def check(self, cfg: "Config") -> None:
+        at_least(self, 1, "iters")
+        at_least(self, 0, "stage1_epochs", "stage2_epochs", "iters_stage2")
         parse_milestones(self.lr_milestones)
-        if self.certainty_loss not in ("prob", "log"):
-            raise ValueError(f"certainty_loss must be 'prob' or 'log', got {self.certainty_loss!r}")
-        for key in ("topk_stage1", "topk_stage2"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("lambda_cai", "lambda_fa", "cross_weight"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if self.ghost_bn_groups < 0 or (self.ghost_bn_groups > 1 and self.batch_size % self.ghost_bn_groups):
-            raise ValueError(f"ghost_bn_groups must be 0, 1 or divide batch_size ({self.batch_size}), "
-                             f"got {self.ghost_bn_groups}")
-        if self.k1_mapped < 0:
-            raise ValueError(f"k1_mapped must be >= 0, got {self.k1_mapped}")
-        for key in ("erasing_max_area", "erasing_max_area_stage2"):
-            if not 0.02 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"{key} must be in [0.02, 1], got {getattr(self, key)}")
-        for key in ("stage1_triplet", "stage2_triplet"):
-            parse_schedule(getattr(self, key), key)
-        if self.min_clusters < 0:
-            raise ValueError(f"min_clusters must be >= 0, got {self.min_clusters}")
-        if not 0.0 <= self.max_outlier_share <= 1.0:
-            raise ValueError(f"max_outlier_share must be in [0, 1], got {self.max_outlier_share}")
-        if self.max_train_images is not None and self.max_train_images < 1:
-            raise ValueError(f"max_train_images must be >= 1 (or none), got {self.max_train_images}")
-        return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def epochs(self, stage: int) -> int:
+        """Epochs of ``stage`` (1 or 2)."""
+        return self.stage1_epochs if stage == 1 else self.stage2_epochs
 
     def iters_for(self, stage: int) -> int:
         """Training iterations per epoch of ``stage`` (``iters_stage2`` in stage 2 when set)."""
         return self.iters_stage2 if stage == 2 and self.iters_stage2 else self.iters
+
+
+@dataclass
+class ClusteringConfig(Section):
+    """Clustering features, k-reciprocal Jaccard + DBSCAN, and the guards on their result
+    (algorithm.md §A1.2, §A5.1, §A9; :mod:`dmdl.guards`)."""
+
+    section: ClassVar[str] = "clustering"
+    k1: int = 30
+    k2: int = 6
+    eps: float = 0.3
+    min_samples: int = 4
+    renormalize: str = "stage2"  # L2-renormalise clustering features: "always", "never", "stage2"
+    feature_flip: bool = True  # average each clustering feature with its flipped image (MULT: no flip)
+    min_clusters: int = 2  # stop when a modality has fewer clusters (0: never stop)
+    max_outlier_share: float = 0.5  # warn when DBSCAN leaves more than this share of a modality as outliers
+
+    def check(self, cfg: "Config") -> None:
+        at_least(self, 1, "k1", "k2", "min_samples")
+        if self.eps <= 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        one_of(self, "renormalize", ("always", "never", "stage2"))
+        if self.min_clusters < 0:
+            raise ValueError(f"min_clusters must be >= 0, got {self.min_clusters}")
+        if not 0.0 <= self.max_outlier_share <= 1.0:
+            raise ValueError(f"max_outlier_share must be in [0, 1], got {self.max_outlier_share}")
+
+    def renormalized(self, stage: int) -> bool:
+        """Whether clustering features of ``stage`` are L2-renormalised."""
+        return self.renormalize == "always" or (self.renormalize == "stage2" and stage == 2)
+
+
+@dataclass
+class TransferConfig(Section):
+    """MULT's label transfer (algorithm.md §B3), read by MULT and by DMDL's ``association: mult``."""
+
+    section: ClassVar[str] = "transfer"
+    mult_alpha: float = 0.2  # weight of the initial labels in the label propagation (§B3 step 4)
+    mult_lambda: float = 25.0  # Sinkhorn kernel exp(-lambda |f - c|^2) (§B3 step 2-3)
+    cross_affinity: str = "dense"  # heterogeneous affinity: "dense" Sinkhorn plan (MULT) or "knn" (sparse,
+    #                                  unbalanced; experimental: much worse labels on RegDB-half, see README)
+    cross_k: int = 30  # neighbours per row of the "knn" heterogeneous affinity
+
+    def check(self, cfg: "Config") -> None:
+        if not 0.0 <= self.mult_alpha <= 1.0:
+            raise ValueError(f"mult_alpha must be in [0, 1], got {self.mult_alpha}")
+        if not self.mult_lambda > 0:
+            raise ValueError(f"mult_lambda must be > 0, got {self.mult_lambda}")
+        one_of(self, "cross_affinity", ("dense", "knn"))
+        at_least(self, 1, "cross_k")
+
+
+class MethodConfig(Section):
+    """Base of a method's own section. Subclasses are dataclasses registered with
+    :func:`register_method_config`.
+
+    Attributes:
+        name: the method's config name (``--method``).
+        method_class: import path ``"module:Class"`` of the method (see :mod:`dmdl.methods.base`).
+    """
+
+    section: ClassVar[str] = "method"
+    name: ClassVar[str] = ""
+    method_class: ClassVar[str] = ""
+
+    def unread(self, section: str) -> str | None:
+        """None when this method, with these settings, reads the shared section ``section``; else
+        why not (a reason for the error on a key of that section)."""
+        return None
+
+
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+
+
+def register_method_config(cls: type[MethodConfig]) -> type[MethodConfig]:
+    """Class decorator: make ``cls`` the section of method ``cls.name`` (``--method cls.name``).
+
+    Raises:
+        ValueError: ``cls.name`` is empty or already registered by another class.
+    """
+    if not cls.name or METHOD_CONFIGS.get(cls.name, cls) is not cls:
+        raise ValueError(f"method config {cls.__name__}: name {cls.name!r} is empty or taken")
+    METHOD_CONFIGS[cls.name] = cls
+    return cls
+
+
+SHARED_SECTIONS: tuple[type[Section], ...] = (RunConfig, DataConfig, ModelConfig, ScheduleConfig,
+                                              ClusteringConfig, TransferConfig)
+
+
+def _fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls)]
+
+
+@dataclass
+class Config:
+    """Every setting of a run, by section (see the module docstring). Build it with
+    :func:`load_config` or :func:`make_config`; ``to_dict()`` gives the flat keys."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    method: MethodConfig = field(default_factory=lambda: _method_config("dmdl")())
+
+    def sections(self) -> list[Section]:
+        """The shared sections, then the method's."""
+        return [self.run, self.data, self.model, self.schedule, self.clustering, self.transfer, self.method]
+
+    def validate(self) -> "Config":
+        """Check every section; returns self.
+
+        Raises:
+            ValueError: a value out of range (the message names the key).
+        """
+        for section in self.sections():
+            section.check(self)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat keys of every section the method reads, plus ``method`` (the method's name)."""
+        out: dict[str, Any] = {"method": self.method.name}
+        for section in self.sections():
+            if not self.method.unread(section.section):
+                out.update(dataclasses.asdict(section))
+        return out
+
+    def replace(self, **values: Any) -> "Config":
+        """A validated copy with some flat keys changed (``cfg.replace(trial=2, output_dir=...)``).
+
+        Raises:
+            ValueError: an unknown key, or a key of a section this run does not read.
+        """
+        return make_config(dict(self.to_dict(), **values))
+
+
+def _method_config(name: str) -> type[MethodConfig]:
+    try:
+        return METHOD_CONFIGS[name]
+    except KeyError:
+        raise ValueError(f"method must be one of {sorted(METHOD_CONFIGS)}, got {name!r}") from None
+
+
+def key_owners(method: str) -> dict[str, type[Section]]:
+    """Flat key -> the section class that owns it, for a run of ``method``."""
+    owners: dict[str, type[Section]] = {}
+    for cls in SHARED_SECTIONS + (_method_config(method),):
+        for f in _fields(cls):
+            owners[f.name] = cls
+    return owners
 
 
 def parse_milestones(text: str) -> tuple[int, ...]:
@@ -247,8 +347,6 @@ def parse_schedule(text: str, name: str = "schedule") -> tuple[tuple[int, float]
             pairs.append((int(epoch), float(weight)))
         except ValueError:
             raise ValueError(f"{name}: cannot read {part!r} as first_epoch:weight (in {text!r})") from None
-    import math
-
     if any(b[0] <= a[0] for a, b in zip(pairs, pairs[1:])) or any(not (math.isfinite(w) and w >= 0) for _, w in pairs):
         raise ValueError(f"{name}: epochs must increase and weights be >= 0, got {text!r}")
     return tuple(pairs)
@@ -260,15 +358,16 @@ def parse_trials(text: str | int) -> list[int]:
     Raises:
         ValueError: a trial outside 1..10 or unreadable text.
     """
+    count = get_dataset("regdb").trials
     text = str(text).strip().lower()
     if text == "all":
-        return list(range(1, 11))
+        return list(range(1, count + 1))
     try:
         trials = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise ValueError(f"--trial: expected 'all', a number or a comma list, got {text!r}") from None
-    if not trials or any(not 1 <= t <= 10 for t in trials):
-        raise ValueError(f"--trial: RegDB trials are 1..10, got {text!r}")
+    if not trials or any(not 1 <= t <= count for t in trials):
+        raise ValueError(f"--trial: RegDB trials are 1..{count}, got {text!r}")
     return trials
 
 
@@ -340,39 +439,109 @@ def _coerce(key: str, value: Any, ftype: Any) -> Any:
         raise ValueError(f"{key}: cannot read {value!r} as {tname}") from None
 
 
-def make_config(values: dict[str, Any]) -> Config:
-    """Build a validated Config from a mapping; unknown keys raise ValueError."""
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    kwargs = {}
+def _refusal(key: str, method: str, method_cfg: MethodConfig | None = None) -> str | None:
+    """Why a ``method`` run refuses the flat key ``key`` (None: it reads it). ``method_cfg`` (the
+    run's method section) decides whether the shared section owning ``key`` is read."""
+    owners = key_owners(method)
+    if key in owners:
+        why = method_cfg.unread(owners[key].section) if method_cfg is not None else None
+        if why:
+            return f"--{key.replace('_', '-')} ({owners[key].section} section) is not read by method {method} " \
+                   f"with these settings ({why})"
+        return None
+    others = [name for name, cls in sorted(METHOD_CONFIGS.items()) if key in {f.name for f in _fields(cls)}]
+    if not others:
+        return unknown_key_message(key, method)
+    return (f"--{key.replace('_', '-')} is a key of method {' and '.join(others)}; this run's method is {method} "
+            f"(--method), which does not read it")
+
+
+def _default_of(key: str) -> list[Any]:
+    """The defaults of ``key`` in every section class that has it (shared sections and methods)."""
+    return [f.default for cls in SHARED_SECTIONS + tuple(METHOD_CONFIGS.values()) for f in _fields(cls)
+            if f.name == key]
+
+
+def _build(values: Mapping[str, Any]) -> tuple[Config, str, dict[str, Any]]:
+    """Sections from flat keys, before the checks that need the whole config: (config, method,
+    the given keys)."""
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    method = str(values.pop("method", "dmdl"))
+    owners = key_owners(method)
+    kwargs: dict[type[Section], dict[str, Any]] = {cls: {} for cls in set(owners.values())}
     for key, value in values.items():
-        key = key.replace("-", "_")
-        if key not in fields:
-            raise ValueError(unknown_key_message(key))
-        kwargs[key] = _coerce(key, value, fields[key].type)
-    return Config(**kwargs).validate()
+        why = _refusal(key, method)
+        if why:
+            raise ValueError(why)
+        ftype = {f.name: f.type for f in _fields(owners[key])}[key]
+        kwargs[owners[key]][key] = _coerce(key, value, ftype)
+    return Config(**{cls.section: cls(**kw) for cls, kw in kwargs.items()}), method, values
 
 
-def unknown_key_message(key: str) -> str:
+def make_config(values: Mapping[str, Any]) -> Config:
+    """Build a validated Config from flat keys (a preset's, a YAML file's, command-line overrides).
+
+    Raises:
+        ValueError: unknown key (with the closest keys), a key of another method, a key of a
+            section the method does not read with these settings (``--mult-alpha`` with
+            ``--association imca``), a value of the wrong type or out of range.
+    """
+    cfg, method, given = _build(values)
+    for key in given:
+        why = _refusal(key, method, cfg.method)
+        if why:
+            raise ValueError(why)
+    return cfg.validate()
+
+
+def config_from_saved(values: Mapping[str, Any]) -> Config:
+    """The Config of a saved flat dict (a checkpoint's ``config``, a run's ``config.json``), also
+    one written by an earlier version, which saved every key of every method: keys this run does
+    not read are dropped when they hold their default value (anything else is refused as by
+    :func:`make_config`).
+
+    Raises:
+        ValueError: as :func:`make_config`.
+    """
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    method = str(values.get("method", "dmdl"))
+    probe, _, _ = _build({k: v for k, v in values.items() if k == "method" or not _refusal(k, method)})
+    keep = {}
+    for key, value in values.items():
+        if key != "method" and _refusal(key, method, probe.method):
+            defaults = _default_of(key)
+            if defaults and any(_coerce(key, value, type(d)) == d for d in defaults if d is not None):
+                continue
+        keep[key] = value
+    return make_config(keep)
+
+
+def unknown_key_message(key: str, method: str = "dmdl") -> str:
     """``unknown config key --foo`` with the closest keys, as the command line spells them."""
     import difflib
 
-    names = [f.name for f in dataclasses.fields(Config)]
+    names = list(key_owners(method)) if method in METHOD_CONFIGS else []
     close = difflib.get_close_matches(key.replace("-", "_"), names, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join('--' + c.replace('_', '-') for c in close)}?" if close else ""
     return f"unknown config key --{key.replace('_', '-')}{hint} (dmdl train --help lists the keys)"
 
 
 def config_keys_help(width: int = 100) -> str:
-    """Every config key as ``--key=default``, for ``dmdl train --help``."""
+    """Every config key as ``--key=default``, by section, for ``dmdl train --help``."""
     import textwrap
 
-    items = []
-    for f in dataclasses.fields(Config):
-        default = "none" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) \
-            else f.default
-        items.append(f"--{f.name.replace('_', '-')}={default}")
-    return "\n".join(textwrap.wrap("  ".join(items), width=width, initial_indent="  ", subsequent_indent="  ",
-                                   break_on_hyphens=False, break_long_words=False))
+    def fmt(cls: type) -> str:
+        items = []
+        for f in _fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            shown = "none" if default is None else str(default).lower() if isinstance(default, bool) else default
+            items.append(f"--{f.name.replace('_', '-')}={shown}")
+        return "\n".join(textwrap.wrap("  ".join(items), width=width, initial_indent="    ",
+                                       subsequent_indent="    ", break_on_hyphens=False, break_long_words=False))
+
+    blocks = [f"  {cls.section}:\n{fmt(cls)}" for cls in SHARED_SECTIONS]
+    blocks += [f"  method {name} (--method {name}):\n{fmt(cls)}" for name, cls in sorted(METHOD_CONFIGS.items())]
+    return "\n".join(blocks)
 
 
 def parse_overrides(args: Sequence[str]) -> dict[str, str]:
@@ -397,18 +566,18 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def load_config(name_or_path: str | dict[str, Any], overrides: Sequence[str] | dict[str, Any] = ()) -> Config:
+def load_config(name_or_path: str | Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any] = ()) -> Config:
     """Preset (or YAML file, or a mapping such as a run's config.json) + overrides -> validated Config.
 
     Raises:
-        ValueError: unknown preset, unknown key, or a value of the wrong type.
+        ValueError: unknown preset, unknown key, a key this run does not read, or a value of the
+            wrong type.
     """
-    values = dict(name_or_path) if isinstance(name_or_path, dict) else _read_yaml(name_or_path)
-    if isinstance(overrides, dict):
-        values.update({k.replace("-", "_"): v for k, v in overrides.items()})
-    else:
-        values.update(parse_overrides(overrides))
-    return make_config(values)
+    extra = {k.replace("-", "_"): v for k, v in overrides.items()} if isinstance(overrides, Mapping) \
+        else parse_overrides(overrides)
+    if isinstance(name_or_path, Mapping):  # a saved config: read as config_from_saved does, then the overrides
+        return make_config(dict(config_from_saved(name_or_path).to_dict(), **extra))
+    return make_config(dict(_read_yaml(name_or_path), **extra))
 
 
 def _is_number(text: str) -> bool:
@@ -419,4 +588,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-__all__ = ["Config", "load_config", "config_keys_help", "unknown_key_message", "make_config", "parse_overrides", "parse_schedule", "parse_milestones", "parse_trials", "preset_names"]
+__all__ = ["Config", "Section", "RunConfig", "DataConfig", "ModelConfig", "ScheduleConfig", "ClusteringConfig",
+           "TransferConfig", "MethodConfig", "METHOD_CONFIGS", "register_method_config", "at_least", "one_of", "load_config",
+           "make_config", "config_from_saved", "config_keys_help", "unknown_key_message", "parse_overrides", "parse_schedule",
+           "parse_milestones", "parse_trials", "preset_names", "key_owners"]

@@ -1,4 +1,6 @@
-"""The cross-modal memory: every cluster memory of one epoch, behind one object.
+"""The cross-modal memory: every cluster memory of one epoch, behind one object, and the
+memory updates of a step as data (:class:`MemoryUpdate`, applied in order by
+:meth:`CrossModalMemory.apply`).
 
 A USL-VI-ReID epoch keeps several cluster memories (algorithm.md §A4.1, §A5.3):
 
@@ -19,18 +21,15 @@ Losses go through :func:`dmdl.ops.memory_loss` (hard labels: :meth:`CrossModalMe
 soft target rows: :meth:`CrossModalMemory.soft_loss`), updates through
 :func:`dmdl.ops.momentum_update_` (the C++ op on the CPU, Triton kernels on CUDA).
 
+MULT's six memories (§B4) live in the same object (:meth:`CrossModalMemory.from_centroids`: named
+memories whose labels are their rows).
+
 Update order (the reference leaves it to autograd's backward order; we define
 it): losses are computed with the memories as they are at forward time
 (``memory_loss`` computes its feature gradient then, so later updates cannot change it); after
-``loss.backward()`` the trainer calls :meth:`CrossModalMemory.update` for each
-(memory, samples) pair in this order:
-
-1. ``visible``  <- visible samples (original views, then augmented views, in batch order);
-2. ``infrared`` <- infrared samples (same order);
-3. stage 2: the anchor modality's memory <- the mapped modality's samples (the
-   "semi-cross-modality update" of §A5.5);
-4. ``shared`` (when present) <- infrared samples, then visible samples (the reference
-   updates it inside each modality's memory forward, infrared first).
+``loss.backward()`` the method applies its step's list of :class:`MemoryUpdate` in order
+(DMDL: :func:`dmdl.methods.dmdl.step.dmdl_memory_updates`; MULT:
+:func:`dmdl.methods.mult.step.mult_memory_updates`).
 
 Each update is the sequential momentum rule of :func:`dmdl.ops.momentum_update_`
 (reference: :func:`dmdl.ops.memory.momentum_update_reference`), samples in batch order;
@@ -39,15 +38,26 @@ samples whose label has no row in that memory are skipped (the memory's ``row_id
 
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dmdl.modalities import MODALITIES
 from dmdl.ops.memory import ClusterMemory, cluster_centroids
 
-MODALITIES = ("visible", "infrared")
+
+@dataclass(frozen=True)
+class MemoryUpdate:
+    """One momentum update of memory ``memory`` with ``features`` (B, D) and their label-space
+    ``labels`` (B,), samples in batch order; ``momentum`` None (the memory's own) or (B,)."""
+
+    memory: str
+    features: Tensor
+    labels: Tensor
+    momentum: Tensor | None = None
 
 
 class CrossModalMemory(nn.Module):
@@ -113,6 +123,21 @@ class CrossModalMemory(nn.Module):
         total = sum(counts.values())
         prior = {m: counts[m] / total for m in MODALITIES}
         return cls(memories, tables, prior, num_ids)
+
+    @classmethod
+    def from_centroids(cls, centroids: Mapping[str, Tensor], temperature: float = 0.05,
+                       momentum: float = 0.2) -> "CrossModalMemory":
+        """Named memories from (K_name, D) centroids (normalised here), each over its own label
+        space whose ids are its rows (MULT's six memories, §B4); no prior, no shared label space."""
+        memories = {k: ClusterMemory.from_centroids(c, temperature, momentum) for k, c in centroids.items()}
+        tables = {k: torch.arange(len(c), device=c.device) for k, c in centroids.items()}
+        return cls(memories, tables, {}, 0)
+
+    @torch.no_grad()
+    def apply(self, updates: Iterable[MemoryUpdate]) -> None:
+        """Apply ``updates`` in order (:meth:`update` each)."""
+        for u in updates:
+            self.update(u.memory, u.features, u.labels, u.momentum)
 
     def rows(self, name: str, labels: Tensor) -> Tensor:
         """(B,) label-space ids -> (B,) rows of memory ``name`` (-1 where it has none)."""

@@ -53,7 +53,7 @@ def assert_evaluate_reproduces():
     import json
 
     from dmdl.cli import main
-    from dmdl.engine import CHECKPOINT_NAME
+    from dmdl.rundir import CHECKPOINT_NAME
 
     def check(data_root, run_dir, trained):
         rc = main(["evaluate", "--dataset", "regdb", "--data-root", str(data_root),
@@ -78,6 +78,7 @@ def trained_runs(toy_regdb, tmp_path_factory) -> dict:
 
     from dmdl.config import load_config
     from dmdl.engine import Engine
+    from dmdl.methods import get_method
 
     tiny = ["--height", "64", "--width", "32", "--iters", "2", "--batch-size", "16", "--num-instances", "4",
             "--k1", "6", "--k2", "2", "--eps", "0.5", "--workers", "0", "--stage1-epochs", "1",
@@ -89,6 +90,6 @@ def trained_runs(toy_regdb, tmp_path_factory) -> dict:
         torch.manual_seed(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            Engine(cfg).run()
+            Engine(cfg, get_method(cfg)).run()
         runs[name] = out
     return runs

@@ -3,10 +3,7 @@ import pytest
 import torch
 
 from dmdl.pseudo_labels import imca
-
-
-def _feats(dirs, labels):
-    return torch.tensor([dirs[l] if l >= 0 else [0.0, 0.0, 1.0] for l in labels], dtype=torch.float32)
+from dmdl.testing import direction_features
 
 
 def test_imca_maps_clusters_to_most_similar_anchor_cluster():
@@ -15,7 +12,8 @@ def test_imca_maps_clusters_to_most_similar_anchor_cluster():
     ir_dirs = {0: [0.0, 1.0, 0.0], 1: [1.0, 0.0, 0.0]}
     lv = np.array([0, 0, 1, 2, -1, 1])
     li = np.array([1, 0, 0, -1, 1])
-    fv, fi = _feats(vis_dirs, lv), _feats(ir_dirs, li)
+    outlier = [0.0, 0.0, 1.0]
+    fv, fi = direction_features(vis_dirs, lv, outlier), direction_features(ir_dirs, li, outlier)
     uv, ui, k = imca(fv, lv, fi, li, anchor="infrared")
     assert k == 2
     np.testing.assert_array_equal(uv, [1, 1, 0, 0, -1, 0])  # many-to-one: clusters 1 and 2 -> IR 0

@@ -4,28 +4,18 @@ import itertools
 
 import numpy as np
 import pytest
-import torch
 from scipy.optimize import linear_sum_assignment
 
 from dmdl.pseudo_labels import associate, hungarian_matching, imca, ot_matching
 from dmdl.pseudo_labels.association import _sinkhorn
+from dmdl.testing import direction_features
 
 OUTLIER_DIR = [0.3, -0.7, 0.2]
 
 
-def _samples(dirs, labels, seed=0):
-    """Features: each cluster's direction plus a small symmetric jitter pair (centroid direction kept)."""
-    rows = []
-    counts = {}
-    for lab in labels:
-        if lab < 0:
-            rows.append(OUTLIER_DIR[: len(dirs[0])])
-            continue
-        d = np.asarray(dirs[lab], dtype=np.float64)
-        sign = 1 if counts.get(lab, 0) % 2 == 0 else -1
-        counts[lab] = counts.get(lab, 0) + 1
-        rows.append(d * (1 + 0.1 * sign))  # scaled copies: the normalised mean stays along d
-    return torch.tensor(np.array(rows), dtype=torch.float32)
+def _samples(dirs, labels):
+    """Features: each cluster's direction scaled by 1.1 and 0.9 in turn (centroid direction kept)."""
+    return direction_features(dirs, labels, OUTLIER_DIR, jitter=0.1)
 
 
 def _cos(a, b):

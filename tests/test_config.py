@@ -4,23 +4,30 @@ import pytest
 from dmdl.config import load_config, parse_overrides, preset_names
 
 
+def flat(name, *args):
+    """A preset's (with overrides) flat keys, as the command line and presets spell them."""
+    return load_config(name, list(args)).to_dict()
+
+
 def test_presets_load_and_carry_published_values():
     assert {"sysu", "regdb", "llcm", "regdb-cpu"} <= set(preset_names())
-    sysu = load_config("sysu")
-    assert (sysu.stage1_epochs, sysu.stage2_epochs, sysu.iters, sysu.eps, sysu.k1) == (50, 50, 200, 0.6, 30)
-    regdb = load_config("regdb")
-    assert (regdb.stage1_epochs, regdb.iters, regdb.eps) == (30, 100, 0.3)
-    llcm = load_config("llcm")
-    assert (llcm.k1, llcm.eps) == (25, 0.6)
+    sysu = flat("sysu")
+    assert [sysu[k] for k in ("stage1_epochs", "stage2_epochs", "iters", "eps", "k1")] == [50, 50, 200, 0.6, 30]
+    regdb = flat("regdb")
+    assert [regdb[k] for k in ("stage1_epochs", "iters", "eps")] == [30, 100, 0.3]
+    llcm = flat("llcm")
+    assert (llcm["k1"], llcm["eps"]) == (25, 0.6)
     for name in preset_names():
-        cfg = load_config(name)
+        cfg = flat(name)
         # memory momentum: 0.2 in DMDL (§A8), 0.1 in MULT (§B4)
-        assert cfg.lr == 3.5e-4 and cfg.temperature == 0.05 and cfg.momentum == (0.1 if cfg.method == "mult" else 0.2)
+        assert cfg["lr"] == 3.5e-4 and cfg["temperature"] == 0.05
+        assert cfg["momentum"] == (0.1 if cfg["method"] == "mult" else 0.2)
 
 
 def test_overrides_are_typed():
     cfg = load_config("regdb", ["--stage1-epochs", "3", "--eps=0.5", "--cache-images", "true", "--resume", "none"])
-    assert cfg.stage1_epochs == 3 and cfg.eps == 0.5 and cfg.cache_images is True and cfg.resume is None
+    assert cfg.schedule.stage1_epochs == 3 and cfg.clustering.eps == 0.5 and cfg.data.cache_images is True
+    assert cfg.run.resume is None
     assert parse_overrides(["--a-b", "1", "--c=2"]) == {"a_b": "1", "c": "2"}
 
 
@@ -46,8 +53,7 @@ def test_unknown_preset():
 
 # ---- parse_schedule, validate() of the newer keys, every preset, parse_trials ----
 
-from dmdl.config import Config, parse_schedule  # noqa: E402
-from dmdl.engine import parse_trials  # noqa: E402
+from dmdl.config import Config, parse_schedule, parse_trials  # noqa: E402
 
 
 def test_parse_schedule_values():
@@ -87,12 +93,12 @@ def test_validate_rejects_new_keys(args, match):
 
 
 def test_validate_accepts_new_key_values():
-    cfg = load_config("regdb", ["--arch", "mobilenet_v2", "--non-local", "false", "--last-stride", "2",
-                                "--renormalize", "always", "--matching", "regdb-cycle",
-                                "--erasing-max-area", "0.02", "--erasing-max-area-stage2", "1",
-                                "--stage1-triplet", "", "--cross-memory", "shared"])
-    assert (cfg.arch, cfg.non_local, cfg.last_stride, cfg.matching) == ("mobilenet_v2", False, 2, "regdb-cycle")
-    assert cfg.stage1_triplet == "" and cfg.erasing_max_area == 0.02
+    cfg = flat("regdb", "--arch", "mobilenet_v2", "--non-local", "false", "--last-stride", "2",
+               "--renormalize", "always", "--matching", "regdb-cycle",
+               "--erasing-max-area", "0.02", "--erasing-max-area-stage2", "1",
+               "--stage1-triplet", "", "--cross-memory", "shared")
+    assert [cfg[k] for k in ("arch", "non_local", "last_stride", "matching")] == ["mobilenet_v2", False, 2, "regdb-cycle"]
+    assert cfg["stage1_triplet"] == "" and cfg["erasing_max_area"] == 0.02
     assert Config().validate() is not None
 
 
@@ -101,8 +107,7 @@ def test_every_preset_loads_and_validates(name):
     cfg = load_config(name)
     assert isinstance(cfg, Config)
     assert cfg.validate() is cfg
-    parse_schedule(cfg.stage1_triplet)
-    parse_schedule(cfg.stage2_triplet)
+    assert load_config(cfg.to_dict()).to_dict() == cfg.to_dict()  # a run's config.json reads back
 
 
 def test_parse_trials():
@@ -143,9 +148,9 @@ COMMON = dict(arch="resnet50", pretrained="imagenet", non_local=True, last_strid
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_presets_match_the_spec_table(name):
-    cfg = load_config(name)
+    cfg = flat(name)
     expected = dict(COMMON, **PUBLISHED[name])
-    wrong = {k: (getattr(cfg, k), v) for k, v in expected.items() if getattr(cfg, k) != v}
+    wrong = {k: (cfg[k], v) for k, v in expected.items() if cfg[k] != v}
     assert not wrong, f"{name}: (preset, spec) differ: {wrong}"
 
 
@@ -157,22 +162,22 @@ def test_ablation_presets_switch_exactly_the_table_3_modules(base):
         "cai-data-feature": (True, True, False, True), "cbt": (False, True, True, True),
         "dmdl": (True, True, True, True),
     }
-    ref = load_config(base)
+    ref = flat(base)
+    same = ("dataset", "arch", "stage1_epochs", "stage2_epochs", "iters")
     for row, flags in rows.items():
-        cfg = load_config(f"{base}-{row}")
-        assert (cfg.cai, cfg.cbt_data, cfg.cbt_label, cfg.cbt_feature) == flags, row
-        assert cfg.cross_weight == 0.0 and cfg.association == "imca"
-        assert (cfg.dataset, cfg.arch, cfg.stage1_epochs, cfg.stage2_epochs, cfg.iters) == \
-            (ref.dataset, ref.arch, ref.stage1_epochs, ref.stage2_epochs, ref.iters)
-    assert load_config(f"{base}-ot").association == "ot"
-    assert load_config(f"{base}-hungarian").association == "hungarian"
+        cfg = flat(f"{base}-{row}")
+        assert (cfg["cai"], cfg["cbt_data"], cfg["cbt_label"], cfg["cbt_feature"]) == flags, row
+        assert cfg["cross_weight"] == 0.0 and cfg["association"] == "imca"
+        assert [cfg[k] for k in same] == [ref[k] for k in same]
+    assert flat(f"{base}-ot")["association"] == "ot"
+    assert flat(f"{base}-hungarian")["association"] == "hungarian"
 
 
 def test_base_presets_nest_and_yaml_files_can_extend_presets(tmp_path):
     f = tmp_path / "mine.yaml"
     f.write_text("base: regdb-cpu-dmdl\nlambda_cai: 0.25\n")
     cfg = load_config(str(f))
-    assert cfg.lambda_cai == 0.25 and cfg.cai and cfg.arch == "mobilenet_v2"
+    assert cfg.method.lambda_cai == 0.25 and cfg.method.cai and cfg.model.arch == "mobilenet_v2"
     g = tmp_path / "loop.yaml"
     g.write_text(f"base: {g}\n")
     with pytest.raises(ValueError, match="nest"):
@@ -185,16 +190,19 @@ def test_lr_milestones_count_epochs_over_both_stages():
 
     from dmdl.config import parse_milestones
     from dmdl.engine import Engine
+    from dmdl.training.context import RunContext
 
     cfg = load_config("regdb-mult")
-    assert parse_milestones(cfg.lr_milestones) == (20, 60, 80)
+    assert parse_milestones(cfg.schedule.lr_milestones) == (20, 60, 80)
     eng = Engine.__new__(Engine)  # only what _make_optimizer reads
-    eng.cfg, eng.model, eng._optim_state = cfg, torch.nn.Linear(2, 2), None
+    eng.cfg, eng._optim_state = cfg, None
+    eng.ctx = RunContext(model=torch.nn.Linear(2, 2), device=torch.device("cpu"), train={}, height=1, width=1,
+                         batch_size=1)
     seen = []
-    for stage, epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
+    for stage in (1, 2):
         eng._make_optimizer(stage)
-        for _ in range(epochs):
-            seen.append(eng.optimizer.param_groups[0]["lr"])
+        for _ in range(cfg.schedule.epochs(stage)):
+            seen.append(eng.ctx.optimizer.param_groups[0]["lr"])
             eng.scheduler.step()
     expected = [3.5e-4] * 20 + [3.5e-5] * 40 + [3.5e-6] * 20 + [3.5e-7] * 10
     np.testing.assert_allclose(seen, expected, rtol=1e-9)
@@ -205,11 +213,59 @@ def test_lr_milestones_count_epochs_over_both_stages():
 
 def test_mult_presets_and_iters_per_stage():
     sysu = load_config("sysu-mult")
-    assert (sysu.method, sysu.dataset, sysu.eps, sysu.iters_for(1), sysu.iters_for(2)) == ("mult", "sysu", 0.6, 300, 200)
+    assert (sysu.method.name, sysu.data.dataset, sysu.clustering.eps) == ("mult", "sysu", 0.6)
+    assert (sysu.schedule.iters_for(1), sysu.schedule.iters_for(2)) == (300, 200)
     cpu = load_config("regdb-cpu-mult")
-    assert cpu.arch == "mobilenet_v2" and cpu.two_stream and cpu.iters_for(2) == cpu.iters == 30
+    assert cpu.model.arch == "mobilenet_v2" and cpu.model.two_stream
+    assert cpu.schedule.iters_for(2) == cpu.schedule.iters == 30
     with pytest.raises(ValueError, match="cross_affinity"):
         load_config("regdb-mult", ["--cross-affinity", "sparse"])
     with pytest.raises(ValueError, match="association"):
         load_config("regdb", ["--association", "lp"])
-    assert load_config("regdb", ["--association", "mult"]).association == "mult"
+    assert load_config("regdb", ["--association", "mult"]).method.association == "mult"
+
+
+# ---- sections: keys owned by one section, read by the method or refused ----
+
+
+def test_a_key_the_method_does_not_read_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="--cai is a key of method dmdl; this run's method is mult"):
+        load_config("regdb-cpu-mult", ["--cai", "true"])  # even at DMDL's default value
+    with pytest.raises(ValueError, match="--lambda-oclr is a key of method mult"):
+        load_config("regdb-cpu", ["--lambda-oclr", "1"])
+    with pytest.raises(ValueError, match=r"--mult-alpha \(transfer section\) is not read by method dmdl.*association "
+                                         r"is imca"):
+        load_config("regdb-cpu", ["--mult-alpha", "0.3"])
+    cfg = load_config("regdb-cpu", ["--association", "mult", "--mult-alpha", "0.3"])
+    assert cfg.transfer.mult_alpha == 0.3 and cfg.to_dict()["mult_alpha"] == 0.3
+    assert "mult_alpha" not in load_config("regdb-cpu").to_dict()  # a section the run does not read is not saved
+
+
+def test_sections_own_their_keys_and_defaults():
+    from dmdl.config import SHARED_SECTIONS, key_owners
+
+    for method, preset in (("dmdl", "regdb-cpu"), ("mult", "regdb-cpu-mult")):
+        owners = key_owners(method)
+        cfg = load_config(preset)
+        for key, section in owners.items():  # every key in exactly one section, reachable by its name
+            assert hasattr(getattr(cfg, section.section), key)
+    import dataclasses
+
+    shared = [f.name for cls in SHARED_SECTIONS for f in dataclasses.fields(cls)]
+    assert len(shared) == len(set(shared))
+    assert load_config({"method": "dmdl"}).method.momentum == 0.2  # §A8
+    assert load_config({"method": "mult", "two_stream": True, "batch_size": 64, "num_instances": 16}
+                       ).method.momentum == 0.1  # §B4
+
+
+def test_a_config_json_of_the_flat_version_still_reads():
+    """v0.4 saved every key of every method in config.json and checkpoints: keys this run does not
+    read are dropped when they hold their default; anything else is refused."""
+    from dmdl.config import config_from_saved
+
+    old_mult = dict(load_config({}).to_dict(), **flat("regdb-cpu-mult"))  # DMDL's keys at their defaults
+    cfg = config_from_saved(old_mult)
+    assert cfg.method.name == "mult" and cfg.model.two_stream and cfg.method.momentum == 0.1
+    assert load_config(old_mult, ["--k1", "7"]).clustering.k1 == 7
+    with pytest.raises(ValueError, match="--lambda-cai is a key of method dmdl"):
+        config_from_saved(dict(old_mult, lambda_cai=0.9))

@@ -10,23 +10,13 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dmdl.ops import _library
 from dmdl.ops.jaccard import jaccard_distance, jaccard_distance_reference, knn, to_scipy_csr
 from dmdl.pseudo_labels import dbscan_labels
+from dmdl.testing import clustered_features
 
 pytestmark = pytest.mark.skipif(not _library.is_available(), reason="dmdl._C is not built")
-
-
-def clustered_features(n: int, d: int = 32, clusters: int | None = None, noise: float = 0.6, seed: int = 0) -> torch.Tensor:
-    """L2-normalised rows around a few random centres (the structure ReID features have)."""
-    g = torch.Generator().manual_seed(seed)
-    clusters = clusters or max(2, n // 12)
-    centres = torch.randn(clusters, d, generator=g)
-    labels = torch.randint(0, clusters, (n,), generator=g)
-    x = centres[labels] + noise * torch.randn(n, d, generator=g)
-    return F.normalize(x, dim=1)
 
 
 def numpy_jaccard(feat: np.ndarray, k1: int, k2: int, k_half: int | None = None) -> np.ndarray:

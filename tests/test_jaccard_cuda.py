@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from dmdl.ops import _library
 from dmdl.ops.jaccard import jaccard_distance, jaccard_distance_reference, knn
+from dmdl.testing import clustered_features, identical_rows_features, near_tie_features
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or not _library.is_available() or not _library.load().cuda_compiled(),
@@ -19,32 +20,13 @@ pytestmark = pytest.mark.skipif(
 DEV = "cuda"
 
 
-def clustered(n: int, d: int, seed: int, noise: float = 0.6) -> torch.Tensor:
-    """L2-normalised rows around n / 12 random centres (CPU float32)."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(max(2, n // 12), d, generator=g)
-    labels = torch.randint(0, centres.shape[0], (n,), generator=g)
-    return F.normalize(centres[labels] + noise * torch.randn(n, d, generator=g), dim=1).contiguous()
-
-
-def near_ties(n: int, d: int, seed: int) -> torch.Tensor:
-    """Clustered rows, a block of exact duplicates and a block perturbed by 1e-4."""
-    g = torch.Generator().manual_seed(seed)
-    x = clustered(n, d, seed)
-    m = n // 10
-    x[n // 2 : n // 2 + m] = x[:m]                              # exact duplicates
-    x[m : 2 * m] = x[2 * m : 3 * m] + 1e-4 * torch.randn(m, d, generator=g)  # near duplicates
-    x[3 * m : 3 * m + 5] = x[3 * m]                             # a group of 6 identical rows
-    return F.normalize(x, dim=1).contiguous()
-
-
 CASES = [
-    pytest.param(clustered, 200, 32, 0, id="clustered-200x32"),
-    pytest.param(clustered, 1000, 128, 1, id="clustered-1000x128"),
-    pytest.param(clustered, 3000, 64, 2, id="clustered-3000x64"),
-    pytest.param(clustered, 700, 2048, 3, id="clustered-700x2048"),
-    pytest.param(near_ties, 400, 32, 4, id="near-ties-400x32"),
-    pytest.param(near_ties, 1500, 256, 5, id="near-ties-1500x256"),
+    pytest.param(clustered_features, 200, 32, 0, id="clustered-200x32"),
+    pytest.param(clustered_features, 1000, 128, 1, id="clustered-1000x128"),
+    pytest.param(clustered_features, 3000, 64, 2, id="clustered-3000x64"),
+    pytest.param(clustered_features, 700, 2048, 3, id="clustered-700x2048"),
+    pytest.param(near_tie_features, 400, 32, 4, id="near-ties-400x32"),
+    pytest.param(near_tie_features, 1500, 256, 5, id="near-ties-1500x256"),
 ]
 
 
@@ -67,7 +49,7 @@ def test_knn_matches_cpu(make, n, d, seed, precision, margin):
 
 @pytest.mark.parametrize("k", [1, 5, 64])
 def test_knn_small_k_and_python_api(k):
-    x = clustered(500, 48, 7)
+    x = clustered_features(500, 48, 7)
     want = knn(x, k)
     for precision in ("fp32", "tf32", "bf16"):
         got = knn(x.to(DEV), k, precision=precision)
@@ -75,7 +57,7 @@ def test_knn_small_k_and_python_api(k):
 
 
 def test_knn_k_equals_n_and_all_identical_rows():
-    x = clustered(40, 16, 8)
+    x = clustered_features(40, 16, 8)
     assert torch.equal(torch.ops.dmdl.knn(x.to(DEV), 40, "bf16", 4)[0].cpu(), cpu_rank(x, 40))
     same = F.normalize(torch.ones(64, 16), dim=1).contiguous()  # every distance ties: ties by index
     got = torch.ops.dmdl.knn(same.to(DEV), 10, "fp32", 8)[0].cpu()
@@ -83,7 +65,7 @@ def test_knn_k_equals_n_and_all_identical_rows():
 
 
 def test_knn_ignores_and_keeps_global_matmul_settings():
-    x = clustered(800, 256, 9)
+    x = clustered_features(800, 256, 9)
     want = cpu_rank(x, 20)
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
     prev_prec = torch.get_float32_matmul_precision()
@@ -125,7 +107,7 @@ def test_jaccard_sparse_matches_cpu(make, n, d, seed, k1, k2):
 
 
 def test_jaccard_distance_dense_matches_reference():
-    x = clustered(300, 32, 10)
+    x = clustered_features(300, 32, 10)
     ref = jaccard_distance_reference(x, 20, 6)
     for precision in ("fp32", "tf32", "bf16"):
         got = jaccard_distance(x.to(DEV), 20, 6, output="dense", precision=precision)
@@ -134,7 +116,7 @@ def test_jaccard_distance_dense_matches_reference():
 
 
 def test_jaccard_sparse_output_and_unnormalised_features():
-    x = clustered(600, 64, 11)
+    x = clustered_features(600, 64, 11)
     sp = jaccard_distance(x.to(DEV), 30, 6)
     assert sp.layout == torch.sparse_csr and sp.device.type == "cuda"
     dense = torch.ones(600, 600)
@@ -150,14 +132,14 @@ def test_jaccard_sparse_output_and_unnormalised_features():
 
 def test_jaccard_sparse_when_rows_have_empty_sets():
     # 50 identical rows: ties by index, so most rows are not in their own list and have empty sets.
-    x = torch.cat([F.normalize(torch.ones(50, 8), dim=1), clustered(30, 8, 12)]).contiguous()
+    x = identical_rows_features(80, 8, 12)
     rank = cpu_rank(x, 10)
     assert_same_csr(torch.ops.dmdl.jaccard_sparse(x.to(DEV), rank.to(DEV), 4),
                     torch.ops.dmdl.jaccard_sparse(x, rank, 4))
 
 
 def test_errors():
-    x = clustered(100, 16, 13)
+    x = clustered_features(100, 16, 13)
     xc = x.to(DEV)
     rank = cpu_rank(x, 10)
     with pytest.raises(RuntimeError, match=r"dmdl::jaccard_sparse: `rank` must be on the device of `features`"):

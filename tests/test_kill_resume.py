@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dmdl.engine import CHECKPOINT_NAME, RESULTS_NAME
+from dmdl.rundir import CHECKPOINT_NAME, RESULTS_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--config", "regdb-cpu", "--height", "64", "--width", "32", "--iters", "4", "--batch-size", "16",

@@ -6,37 +6,10 @@ import pytest
 import torch
 
 from dmdl.losses import cai_loss, mmd_loss, refined_targets, soft_cross_entropy, topk_prediction
+from _reference import np_bandwidth, np_cai, np_mmd, np_softmax, np_topk
 
 
 # --------------------------------------------------------------------------- mmd_loss
-
-
-def _np_bandwidth(z: np.ndarray) -> float:
-    m = len(z)
-    d2 = np.array([[float(np.sum((z[i] - z[j]) ** 2)) for j in range(m)] for i in range(m)])
-    return d2.sum() / (m * m - m) / 2.0 ** 2
-
-
-def _np_mmd(s: np.ndarray, t: np.ndarray, bandwidth: float | None = None) -> float:
-    """Explicit-loop DAN_new: Z=[S;T], D² by differences, b from D² (unless given), 5 summed kernels."""
-    n = len(s)
-    z = np.concatenate([s, t])
-    m = 2 * n
-    b = _np_bandwidth(z) if bandwidth is None else bandwidth
-    ss = tt = st = ts = 0.0
-    for i in range(m):
-        for j in range(m):
-            d2 = float(np.sum((z[i] - z[j]) ** 2))
-            k = sum(np.exp(-d2 / (b * 2.0 ** q)) for q in range(5))
-            if i < n and j < n and i != j:
-                ss += k
-            elif i >= n and j >= n and i != j:
-                tt += k
-            elif i < n <= j:
-                st += k
-            elif j < n <= i:
-                ts += k
-    return (ss + tt) / (n * (n - 1)) - (st + ts) / n ** 2
 
 
 @pytest.mark.parametrize("seed,n,d", [(0, 4, 3), (1, 6, 5), (2, 2, 7)])
@@ -45,10 +18,10 @@ def test_mmd_matches_numpy_loops(seed, n, d):
     s = rng.normal(size=(n, d)) * 3 + 1
     t = rng.normal(size=(n, d)) * 2 - 0.5
     got = mmd_loss(torch.from_numpy(s), torch.from_numpy(t)).item()
-    assert got == pytest.approx(_np_mmd(s, t), rel=1e-10, abs=1e-12)
+    assert got == pytest.approx(np_mmd(s, t), rel=1e-10, abs=1e-12)
     got32 = mmd_loss(torch.from_numpy(s).float(), torch.from_numpy(t).float())
     assert got32.dtype == torch.float32
-    assert got32.item() == pytest.approx(_np_mmd(s, t), rel=1e-4, abs=1e-5)
+    assert got32.item() == pytest.approx(np_mmd(s, t), rel=1e-4, abs=1e-5)
 
 
 def test_mmd_identical_batches_closed_form():
@@ -101,7 +74,7 @@ def test_mmd_no_gradient_through_bandwidth():
     mmd_loss(s, t).backward()
     auto = np.concatenate([s.grad.numpy(), t.grad.numpy()])
 
-    b0 = _np_bandwidth(np.concatenate([s0, t0]))
+    b0 = np_bandwidth(np.concatenate([s0, t0]))
     z0 = np.concatenate([s0, t0])
     eps = 1e-6
     fd_fixed = np.zeros_like(z0)
@@ -110,8 +83,8 @@ def test_mmd_no_gradient_through_bandwidth():
         zp, zm = z0.copy(), z0.copy()
         zp[idx] += eps
         zm[idx] -= eps
-        fd_fixed[idx] = (_np_mmd(zp[:n], zp[n:], b0) - _np_mmd(zm[:n], zm[n:], b0)) / (2 * eps)
-        fd_full[idx] = (_np_mmd(zp[:n], zp[n:]) - _np_mmd(zm[:n], zm[n:])) / (2 * eps)
+        fd_fixed[idx] = (np_mmd(zp[:n], zp[n:], b0) - np_mmd(zm[:n], zm[n:], b0)) / (2 * eps)
+        fd_full[idx] = (np_mmd(zp[:n], zp[n:]) - np_mmd(zm[:n], zm[n:])) / (2 * eps)
     np.testing.assert_allclose(auto, fd_fixed, rtol=1e-5, atol=1e-7)
     # the full derivative (b differentiated) is genuinely different: b's path is cut
     assert np.abs(auto - fd_full).max() > 1e-3
@@ -140,26 +113,6 @@ def test_mmd_rejects_bad_inputs():
 # --------------------------------------------------------------------------- cai_loss
 
 
-def _np_softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _np_cai(f, mv, mi, ids_v, ids_i, prior_v, targets, temp=0.05) -> float:
-    fh = f / np.linalg.norm(f, axis=1, keepdims=True)
-    b, k = targets.shape
-    qv, qi = np.zeros((b, k)), np.zeros((b, k))
-    qv[:, ids_v] = _np_softmax(fh @ mv.T / temp)
-    qi[:, ids_i] = _np_softmax(fh @ mi.T / temp)
-    p = prior_v * qv + (1 - prior_v) * qi
-    total = 0.0
-    for i in range(b):
-        for c in range(k):
-            if targets[i, c] > 0:
-                total -= targets[i, c] * np.log(p[i, c])
-    return total / b
-
-
 def _cai_case(seed=0, b=5, d=6):
     rng = np.random.default_rng(seed)
     f = rng.normal(size=(b, d))
@@ -181,7 +134,7 @@ def _t(x):
 def test_cai_matches_numpy(prior_v, temp):
     f, mv, mi, ids_v, ids_i, targets = _cai_case()
     got = cai_loss(_t(f), _t(mv), _t(mi), _t(ids_v), _t(ids_i), prior_v, _t(targets), temperature=temp)
-    assert got.item() == pytest.approx(_np_cai(f, mv, mi, ids_v, ids_i, prior_v, targets, temp), rel=1e-10)
+    assert got.item() == pytest.approx(np_cai(f, mv, mi, ids_v, ids_i, prior_v, targets, temp), rel=1e-10)
 
 
 def test_cai_gradcheck_features_and_memories_not_differentiated():
@@ -215,7 +168,7 @@ def test_cai_zero_targets_where_p_do_is_zero_no_nan():
     loss = cai_loss(feats, _t(mv).float(), _t(mi).float(), _t(ids_v), _t(ids_i), 1.0, _t(targets).float())
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(feats.grad).all()
-    assert loss.item() == pytest.approx(_np_cai(f, mv, mi, ids_v, ids_i, 1.0, targets), rel=1e-4)
+    assert loss.item() == pytest.approx(np_cai(f, mv, mi, ids_v, ids_i, 1.0, targets), rel=1e-4)
 
 
 def test_cai_rejects_bad_inputs():
@@ -240,16 +193,6 @@ def test_cai_rejects_bad_inputs():
 # --------------------------------------------------------------------------- topk_prediction
 
 
-def _np_topk(f, mem, k, temp):
-    logits = (f / np.linalg.norm(f, axis=1, keepdims=True)) @ mem.T / temp
-    out = np.zeros_like(logits)
-    for i, row in enumerate(logits):
-        keep = np.argsort(-row)[:k]
-        e = np.exp(row[keep] - row[keep].max())
-        out[i, keep] = e / e.sum()
-    return out
-
-
 @pytest.mark.parametrize("k,temp", [(1, 0.05), (3, 0.05), (4, 0.3)])
 def test_topk_prediction_matches_numpy(k, temp):
     rng = np.random.default_rng(7)
@@ -259,7 +202,7 @@ def test_topk_prediction_matches_numpy(k, temp):
     feats = _t(f).requires_grad_()
     got = topk_prediction(feats, _t(mem), k, temperature=temp)
     assert not got.requires_grad and got.shape == (5, 7)
-    np.testing.assert_allclose(got.numpy(), _np_topk(f, mem, k, temp), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(got.numpy(), np_topk(f, mem, k, temp), rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(got.sum(1).numpy(), 1.0, rtol=1e-12)
     assert ((got > 0).sum(1) == k).all()
 

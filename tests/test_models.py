@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from dmdl.models import AGW, GeM, NonLocalBlock, build_model, gem, load_pretrained
-from dmdl.models import agw as agw_mod
+from dmdl.models import weights as weights_mod
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ def test_imagenet_offline_fails_fast(monkeypatch, tmp_path):
     def fail(weights):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(agw_mod, "_download_state_dict", fail)
+    monkeypatch.setattr(weights_mod, "_download_state_dict", fail)
     url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
     t0 = time.monotonic()
     with pytest.raises(RuntimeError) as exc:
@@ -256,7 +256,7 @@ def test_imagenet_uses_hub_cache(monkeypatch, tmp_path):
     def fail(weights):
         raise AssertionError("must not download when cached")
 
-    monkeypatch.setattr(agw_mod, "_download_state_dict", fail)
+    monkeypatch.setattr(weights_mod, "_download_state_dict", fail)
     m = build_model("resnet18", pretrained="imagenet")
     assert torch.equal(m.layer1[0].conv1.weight, sd["layer1.0.conv1.weight"])
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
 from dmdl.ops import jaccard_distance
 from dmdl.pseudo_labels import dbscan_labels, mult_label_transfer, mult_soft_labels  # the public names
 from dmdl.pseudo_labels.mult import dbscan_centers, heterogeneous_affinity, sinkhorn_knopp, sinkhorn_plan
+from dmdl.testing import two_modality_features
 
 
 # ----------------------------------------------------------------------------- NumPy reference
@@ -78,26 +78,15 @@ def np_mult(fr, fi, cr, ci, dr, di, alpha=0.2, temp=0.05, lam=25.0):
 
 
 # ----------------------------------------------------------------------------- data
-def _two_modalities(seed, n_r=150, n_i=120, ids=10, d=32, shift=0.15, noise=0.5):
-    g = torch.Generator().manual_seed(seed)
-    base = F.normalize(torch.randn(ids, d, generator=g), dim=1)
-    yr = torch.randint(0, ids, (n_r,), generator=g)
-    yi = torch.randint(0, ids, (n_i,), generator=g)
-    gap = shift * torch.randn(d, generator=g)  # a modality gap
-    fr = F.normalize(base[yr] + noise * torch.randn(n_r, d, generator=g) / d ** 0.5, dim=1)
-    fi = F.normalize(base[yi] + gap + noise * torch.randn(n_i, d, generator=g) / d ** 0.5, dim=1)
-    return fr, fi, yr.numpy(), yi.numpy()
-
-
 def _inputs(seed, eps=0.6, **kw):
-    fr, fi, yr, yi = _two_modalities(seed, **kw)
+    fr, fi, yr, yi = two_modality_features(seed, **kw)
     out = {}
     for name, f in (("rgb", fr), ("ir", fi)):
         sparse = jaccard_distance(f, 20, 6, output="sparse")
         dense = jaccard_distance(f, 20, 6, output="dense")
         labels = dbscan_labels(sparse, eps, 4)
         out[name] = (f, sparse, dense, labels)
-    return out, yr, yi
+    return out, yr.numpy(), yi.numpy()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -132,7 +121,7 @@ def _scipy_from_torch(csr):
 
 
 def test_transfer_recovers_identities_across_a_modality_gap():
-    data, yr, yi = _inputs(6, n_r=200, n_i=160, ids=12)
+    data, yr, yi = _inputs(6, n_visible=200, n_infrared=160, ids=12)
     (fr, sr, _, lr), (fi, si, _, li) = data["rgb"], data["ir"]
     out = mult_label_transfer(fr, fi, dbscan_centers(fr, lr), dbscan_centers(fi, li), sr, si)
     from sklearn.metrics import adjusted_rand_score
@@ -158,7 +147,7 @@ def test_knn_cross_affinity_close_to_dense_on_separated_data():
 
 
 def test_knn_affinity_is_the_gaussian_knn_graph():
-    fr, fi, _, _ = _two_modalities(4, n_r=60, n_i=50)
+    fr, fi, _, _ = two_modality_features(4, n_visible=60, n_infrared=50)
     a_ri, a_ir, steps = heterogeneous_affinity(fr, fi, mode="knn", k=5)
     assert steps == 0 and a_ri.layout == torch.sparse_csr and a_ri.shape == (60, 50) and a_ir.shape == (50, 60)
     d = np_sqdist(fr.double().numpy(), fi.double().numpy())
@@ -230,7 +219,7 @@ def test_bad_inputs_name_the_argument():
 def test_mult_association_for_dmdl(anchor):
     from dmdl.pseudo_labels import associate
 
-    data, yr, yi = _inputs(6, n_r=200, n_i=160, ids=12)
+    data, yr, yi = _inputs(6, n_visible=200, n_infrared=160, ids=12)
     (fr, sr, _, lr), (fi, si, _, li) = data["rgb"], data["ir"]
     lr, li = lr.copy(), li.copy()
     lr[:7] = -1  # DBSCAN outliers stay outliers

@@ -7,15 +7,13 @@ the dense path against torch.addmm. CUDA kernel vs the CPU kernel when a GPU is 
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
-from dmdl.ops import _library, jaccard_distance, propagate, propagate_reference, row_normalize
+from dmdl.ops import _library, propagate, propagate_reference, row_normalize
+from dmdl.testing import clustered_features, csr_tensor, jaccard_affinity
 
 pytestmark = pytest.mark.skipif(not _library.is_available(), reason="dmdl._C is not built")
 
@@ -23,13 +21,6 @@ OP = torch.ops.dmdl.propagate if _library.is_available() else None
 
 
 # ----------------------------------------------------------------------------- inputs and refs
-def csr(crow, col, val, shape) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(torch.as_tensor(crow), torch.as_tensor(col), torch.as_tensor(val),
-                                       size=shape, check_invariants=False)
-
-
 def random_csr(n_out: int, n_in: int, density: float, seed: int, signed: bool = False, shuffled: bool = False):
     """(crow int64, col int32, val float32) with about density * n_in entries per row; every
     third row empty. shuffled: columns in random order within a row, some repeated."""
@@ -76,20 +67,6 @@ def labels(n: int, k: int, seed: int) -> torch.Tensor:
     return torch.softmax(3 * torch.randn(n, k, generator=g), dim=1) if k else torch.zeros(n, 0)
 
 
-def clustered_features(n: int, d: int = 32, seed: int = 0) -> torch.Tensor:
-    """L2-normalised rows around n / 12 random centres."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(max(2, n // 12), d, generator=g)
-    lab = torch.randint(0, centres.shape[0], (n,), generator=g)
-    return F.normalize(centres[lab] + 0.6 * torch.randn(n, d, generator=g), dim=1)
-
-
-def jaccard_affinity(n: int, seed: int = 0) -> torch.Tensor:
-    """Row-normalised 1 - Jaccard distance on the stored pairs (d < 1) of clustered features, CSR."""
-    d = jaccard_distance(clustered_features(n, seed=seed), k1=20, k2=6, output="sparse")
-    return row_normalize(csr(d.crow_indices(), d.col_indices(), 1.0 - d.values(), tuple(d.shape)))
-
-
 # ------------------------------------------------------------------------------- op vs scipy
 @pytest.mark.parametrize(
     "n_out,n_in,k,density",
@@ -117,7 +94,7 @@ def test_unsorted_repeated_columns_and_signed_values(shuffled, signed):
     x, z = torch.randn(120, 45), torch.randn(80, 45)
     want, scale = scipy_propagate(crow, col, val, x, z, 0.7, -0.3)
     assert_close_rel(OP(crow, col, val, x, z, 0.7, -0.3), want, scale)
-    assert_close_rel(propagate(csr(crow, col, val, (80, 120)), x, z, 0.7, -0.3), want, scale)
+    assert_close_rel(propagate(csr_tensor(crow, col, val, (80, 120)), x, z, 0.7, -0.3), want, scale)
 
 
 def test_accumulates_in_float32_in_csr_order():
@@ -150,7 +127,7 @@ def test_hand_computed_3x3():
     z = torch.tensor([[1.0, 1.0], [2.0, 2.0], [0.0, 4.0]])
     want = torch.tensor([[5.0, 7.0], [-2.0, -2.0], [5.0, 3.0]])
     assert torch.equal(OP(crow, col, val, x, z, 2.0, -1.0), want)
-    a_csr = csr(crow, col, val, (3, 3))
+    a_csr = csr_tensor(crow, col, val, (3, 3))
     assert torch.equal(propagate(a_csr, x, z, 2, -1), want)
     assert torch.equal(propagate(a_csr.to_dense(), x, z, 2, -1), want)
     assert torch.equal(propagate_reference(a_csr, x, z, 2, -1), want)
@@ -158,7 +135,7 @@ def test_hand_computed_3x3():
 
 # ------------------------------------------------------------------- real affinity, iterations
 def test_jaccard_affinity_matches_scipy_and_dense_path():
-    aff = jaccard_affinity(300)
+    aff = jaccard_affinity(clustered_features(300), 20, 6)
     crow, col, val = aff.crow_indices().long(), aff.col_indices().int(), aff.values()
     assert 0 < val.numel() < 300 * 300 // 2  # sparse, not empty
     rows = aff.to_dense().sum(1)
@@ -174,7 +151,7 @@ def test_jaccard_affinity_matches_scipy_and_dense_path():
 
 def test_twenty_iterations_match_float64_reference():
     # MULT's homogeneous step Y <- 0.5 A Y + 0.5 Y, 20 times (algorithm.md §B3 step 4).
-    aff = jaccard_affinity(240, seed=3)
+    aff = jaccard_affinity(clustered_features(240, seed=3), 20, 6)
     dense64 = aff.to_dense().double().numpy()
     y = labels(240, 40, 7)
     y64 = y.double().numpy()
@@ -214,18 +191,18 @@ def test_wrapper_converts_index_dtypes():
     x, z = torch.randn(35, 8), torch.randn(25, 8)
     want = OP(crow, col, val, x, z, 0.3, 0.7)
     for cr, cl in ((crow, col), (crow.int(), col), (crow, col.long()), (crow.int(), col.long())):
-        assert torch.equal(propagate(csr(cr, cl, val, (25, 35)), x, z, 0.3, 0.7), want)
+        assert torch.equal(propagate(csr_tensor(cr, cl, val, (25, 35)), x, z, 0.3, 0.7), want)
     # a non-contiguous x is made contiguous by the wrapper
     xt = x.t().contiguous().t()
-    assert torch.equal(propagate(csr(crow, col, val, (25, 35)), xt, z, 0.3, 0.7), want)
+    assert torch.equal(propagate(csr_tensor(crow, col, val, (25, 35)), xt, z, 0.3, 0.7), want)
 
 
 def test_not_differentiable():
     crow, col, val = random_csr(6, 6, 0.5, 8)
     x = torch.randn(6, 3, requires_grad=True)
     z = torch.randn(6, 3, requires_grad=True)
-    assert not propagate(csr(crow, col, val, (6, 6)), x, z, 0.5, 0.5).requires_grad
-    assert not propagate(csr(crow, col, val, (6, 6)).to_dense(), x, z, 0.5, 0.5).requires_grad
+    assert not propagate(csr_tensor(crow, col, val, (6, 6)), x, z, 0.5, 0.5).requires_grad
+    assert not propagate(csr_tensor(crow, col, val, (6, 6)).to_dense(), x, z, 0.5, 0.5).requires_grad
 
 
 def _good():
@@ -275,7 +252,7 @@ def test_op_errors_name_the_argument(change, match):
 
 def test_wrapper_errors_name_the_argument():
     g = _good()
-    aff = csr(g["crow"], g["col"], g["val"], (6, 5))
+    aff = csr_tensor(g["crow"], g["col"], g["val"], (6, 5))
     x, z = g["x"], g["z"]
     cases = [
         (TypeError, "affinity must be a torch.Tensor", lambda: propagate(aff.to_dense().numpy(), x, z, 1, 0)),
@@ -305,7 +282,7 @@ def test_row_normalize_matches_numpy():
     val[:3] = 0.0  # explicit zeros are kept
     zero_row = int(torch.nonzero(crow.diff() > 0)[0])  # a row with stored entries that sum to 0
     val[crow[zero_row] : crow[zero_row + 1]] = 0.0
-    aff = csr(crow, col, val, (40, 60))
+    aff = csr_tensor(crow, col, val, (40, 60))
     m = sp.csr_matrix((val.double().numpy(), col.numpy().copy(), crow.numpy().copy()), shape=(40, 60)).toarray()
     sums = m.sum(axis=1, keepdims=True)
     want = np.divide(m, sums, out=np.zeros_like(m), where=sums > 0)
@@ -372,7 +349,7 @@ def test_cuda_matches_cpu_and_reference(n_out, n_in, k, density):
 
 @needs_cuda
 def test_cuda_real_affinity_and_invalid_rows():
-    aff = jaccard_affinity(300)
+    aff = jaccard_affinity(clustered_features(300), 20, 6)
     x, z = labels(300, 50, 1), labels(300, 50, 2)
     got = propagate(aff.cuda(), x.cuda(), z.cuda(), 0.5, 0.5)
     assert torch.equal(got.cpu(), propagate(aff, x, z, 0.5, 0.5))

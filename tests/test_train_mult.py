@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from dmdl.config import load_config
-from dmdl.engine import CHECKPOINT_NAME, Engine
+from dmdl.engine import Engine
+from dmdl.methods import get_method
+from dmdl.rundir import CHECKPOINT_NAME
 
 TINY = [  # as test_train_smoke.py
     "--height", "64", "--width", "32", "--iters", "2", "--batch-size", "16",
@@ -28,8 +30,8 @@ def test_mult_trains_both_stages(toy_root, tmp_path, assert_evaluate_reproduces)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        eng = Engine(cfg)
-        assert eng.model.two_stream
+        eng = Engine(cfg, get_method(cfg))
+        assert eng.ctx.model.two_stream
         results = eng.run()
     with open(out / "log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -46,10 +48,9 @@ def test_mult_trains_both_stages(toy_root, tmp_path, assert_evaluate_reproduces)
 
 
 def test_mult_refuses_a_one_stream_backbone(toy_root, tmp_path):
-    cfg = load_config("regdb-cpu-mult", TINY + ["--data-root", toy_root, "--output-dir", str(tmp_path),
-                                                "--two-stream", "false", "--pretrained", "none"])
-    with pytest.raises(ValueError, match="two-stream"):
-        Engine(cfg)
+    with pytest.raises(ValueError, match="two-stream"):  # the config says so, before any model is built
+        load_config("regdb-cpu-mult", TINY + ["--data-root", toy_root, "--output-dir", str(tmp_path),
+                                              "--two-stream", "false", "--pretrained", "none"])
 
 
 def test_dmdl_with_the_mult_association(toy_root, tmp_path):
@@ -59,7 +60,7 @@ def test_dmdl_with_the_mult_association(toy_root, tmp_path):
                                            "--association", "mult", "--matching", "cluster"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        Engine(cfg).run()
+        Engine(cfg, get_method(cfg)).run()
     with open(out / "log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert rows[1]["matching"] == "mult->infrared" and int(rows[1]["unified_ids"]) > 0

@@ -10,7 +10,13 @@ import torch
 from dmdl.cli import main
 from dmdl.config import load_config
 from dmdl.data.toy import make_toy_dataset
-from dmdl.engine import CHECKPOINT_NAME, RESULTS_NAME, Engine as Trainer
+from dmdl.engine import Engine
+from dmdl.methods import get_method
+from dmdl.rundir import CHECKPOINT_NAME, RESULTS_NAME
+
+
+def Trainer(cfg):  # noqa: N802  (the engine with the config's method)
+    return Engine(cfg, get_method(cfg))
 
 TINY = [
     "--height", "64", "--width", "32", "--iters", "2", "--batch-size", "16",

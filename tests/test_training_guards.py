@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dmdl.cli import main
-from dmdl.engine import CHECKPOINT_NAME
+from dmdl.rundir import CHECKPOINT_NAME
 from dmdl.errors import TrainingError
 from dmdl.guards import check_clustering, non_finite_loss_message
 
@@ -49,9 +49,9 @@ def test_dbscan_without_clusters_stops_the_run(capsys, toy_regdb, tmp_path):
 
 
 def test_one_cluster_stops_the_run(capsys, toy_regdb, tmp_path, monkeypatch):
-    import dmdl.methods.dmdl as method
+    import dmdl.training.steps as steps
 
-    monkeypatch.setattr(method, "cluster_features", lambda f, **kw: np.zeros(len(f), dtype=np.int64))
+    monkeypatch.setattr(steps, "cluster_features", lambda f, **kw: np.zeros(len(f), dtype=np.int64))
     rc, out, err = _train(capsys, toy_regdb, tmp_path / "run")
     assert rc == 1 and "DBSCAN put the 60 clustered visible training images into 1 cluster" in err
     assert "Lower --eps (now 0.5)" in err and "--min-clusters 0" in err
@@ -83,9 +83,9 @@ def test_diverging_run_without_a_checkpoint(capsys, toy_regdb, tmp_path):
 
 
 def test_checkpoint_contents_and_workers_cap(capsys, toy_regdb, tmp_path, monkeypatch):
-    import dmdl.engine
+    import dmdl.training.context
 
-    monkeypatch.setattr(dmdl.engine, "available_cores", lambda: 1)
+    monkeypatch.setattr(dmdl.training.context, "available_cores", lambda: 1)
     out = tmp_path / "run"
     rc, printed, err = _train(capsys, toy_regdb, out, "--stage1-epochs", "1", "--stage2-epochs", "0",
                               "--workers", "4")

@@ -9,9 +9,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from dmdl.evaluation.runner import extract_features
+from dmdl.features import extract_features
 from dmdl.models import AGW, MobileNetV2ReID, TwoStream, build_model, load_pretrained
-from dmdl.models import agw as agw_mod
+from dmdl.models import weights as weights_mod
 from dmdl.models.ghost_bn import convert_ghost_batchnorm, dataparallel_order
 
 X = (6, 3, 64, 32)
@@ -235,7 +235,7 @@ def test_both_stems_load_the_same_file_weights(tmp_path):
 def test_both_stems_load_the_imagenet_weights(monkeypatch, tmp_path):
     _, state = _resnet18_file(tmp_path, seed=4)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # empty cache
-    monkeypatch.setattr(agw_mod, "_download_state_dict", lambda weights: state)
+    monkeypatch.setattr(weights_mod, "_download_state_dict", lambda weights: state)
     ts = build_model("resnet18", "imagenet", two_stream=True)
     _assert_backbone_from(ts, state)
 
@@ -389,7 +389,9 @@ def test_dmdl_training_routes_each_modality_to_its_stem(tmp_path):
     # the DMDL step with a two-stream model and ghost-BN replica groups: runs, trains both stems
     from dmdl.config import load_config
     from dmdl.data.toy import make_toy_dataset
-    from dmdl.engine import CHECKPOINT_NAME, Engine
+    from dmdl.engine import Engine
+    from dmdl.methods import get_method
+    from dmdl.rundir import CHECKPOINT_NAME
 
     root = str(make_toy_dataset(tmp_path / "RegDB", layout="regdb", num_ids=12, seed=0))
     out = tmp_path / "run"
@@ -401,10 +403,10 @@ def test_dmdl_training_routes_each_modality_to_its_stem(tmp_path):
     ])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        eng = Engine(cfg)
-        init = {k: v.clone() for k, v in eng.model.state_dict().items()}
+        eng = Engine(cfg, get_method(cfg))
+        init = {k: v.clone() for k, v in eng.ctx.model.state_dict().items()}
         results = eng.run()
-    assert isinstance(eng.model, TwoStream)
+    assert isinstance(eng.ctx.model, TwoStream)
     assert set(results["trained"]) >= {"v2t", "t2v"}
     state = torch.load(out / CHECKPOINT_NAME, weights_only=False)["model"]
     for stem in ("stem_visible", "stem_infrared"):

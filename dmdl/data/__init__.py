@@ -4,7 +4,9 @@ Names are imported on first use: the readers and :mod:`dmdl.data.check` need nei
 the training code, so that the ``dmdl`` command checks a dataset before it loads them.
 """
 
-from .records import INFRARED, MODALITIES, VISIBLE, ImageRecord, Problem
+from dmdl.modalities import INFRARED, MODALITIES, VISIBLE
+
+from .records import ImageRecord, Problem
 
 _LAZY = {
     "VIReIDDataset": "regdb", "build_camera_index": "regdb", "RegDB": "regdb", "REGDB_TRIALS": "regdb",

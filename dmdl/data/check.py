@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from dmdl.errors import DatasetError
+from dmdl.modalities import INFRARED, MODALITIES, VISIBLE
 
-from .records import INFRARED, MODALITIES, VISIBLE, ImageRecord, Problem
+from .registry import get_dataset, open_dataset
 
-DATASET_NAMES = {"regdb": "RegDB", "sysu": "SYSU-MM01", "llcm": "LLCM"}
+from .records import ImageRecord, Problem
+
 #: problems shown in a :class:`DatasetError` message before "... and N more"
 SHOWN = 10
 
@@ -43,29 +45,6 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
-
-
-def open_dataset(name: str, root, trial: int = 1, problems: list | None = None):
-    """The reader of ``name`` on ``root`` (strict, or collecting into ``problems``).
-
-    Raises:
-        ValueError: unknown name or no root; reader errors in strict mode.
-    """
-    if not root:
-        raise ValueError("data_root is not set: pass --data-root DIR")
-    if name == "regdb":
-        from .regdb import RegDB
-
-        return RegDB(root, trial=trial, problems=problems)
-    if name == "sysu":
-        from .sysu import SYSUMM01
-
-        return SYSUMM01(root, problems=problems)
-    if name == "llcm":
-        from .llcm import LLCM
-
-        return LLCM(root, problems=problems)
-    raise ValueError(f"unknown dataset {name!r}; expected regdb, sysu or llcm")
 
 
 # ---------------------------------------------------------------------------- images
@@ -149,8 +128,9 @@ def _test_folders(ds, name: str, pid: int, modality: str) -> str:
 def split_problems(ds, name: str) -> list[Problem]:
     """Empty modalities and test ids without images in ``ds`` (a reader's result)."""
     out: list[Problem] = []
-    label = DATASET_NAMES[name]
-    words = {VISIBLE: "visible", INFRARED: "thermal" if name == "regdb" else "infrared"}
+    info = get_dataset(name)
+    label = info.title
+    words = {VISIBLE: "visible", INFRARED: info.infrared_word}
 
     def source(split: str, modality: str) -> Path | None:
         """The file or folder the split is read from (None when it is itself missing)."""
@@ -195,7 +175,8 @@ def _raise(problems: Sequence[Problem], name: str, root, trial: int | None) -> N
         return
     if len(problems) == 1:
         raise DatasetError(problems[0].message, problems)
-    what = DATASET_NAMES.get(name, name) + (f" trial {trial}" if name == "regdb" and trial else "")
+    info = get_dataset(name)
+    what = info.title + (f" trial {trial}" if info.trials and trial else "")
     lines = [f"{len(problems)} problems in {what} at {root}:"]
     lines += [f"  {p.message}" for p in problems[:SHOWN]]
     if len(problems) > SHOWN:
@@ -274,10 +255,9 @@ def check_dataset(name: str, root, trials: Sequence[int] | None = None, images: 
     Raises:
         ValueError: unknown dataset name.
     """
-    if name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; expected regdb, sysu or llcm")
+    info = get_dataset(name)
     t0 = time.time()
-    trials = list(trials or range(1, 11)) if name == "regdb" else []
+    trials = list(trials or range(1, info.trials + 1)) if info.trials else []
     report = CheckReport(name, str(Path(root).expanduser().resolve()), trials)
     problems: list[Problem] = []
     paths: dict[str, None] = {}
@@ -305,7 +285,7 @@ def check_dataset(name: str, root, trials: Sequence[int] | None = None, images: 
 def format_report(report: CheckReport, limit: int | None = None) -> str:
     """The report as text: a summary, the count per kind, then every problem by kind
     (at most ``limit`` per kind when given)."""
-    label = DATASET_NAMES[report.dataset]
+    label = get_dataset(report.dataset).title
     trials = f", trials {report.trials[0]}-{report.trials[-1]}" if len(report.trials) > 1 else \
         (f", trial {report.trials[0]}" if report.trials else "")
     per_trial = f" (trial {report.trials[0]})" if report.trials else ""
@@ -330,5 +310,5 @@ def format_report(report: CheckReport, limit: int | None = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["available_cores", "open_dataset", "image_problem", "scan_images", "split_problems", "preflight",
+__all__ = ["available_cores", "image_problem", "scan_images", "split_problems", "preflight",
            "CheckReport", "check_dataset", "format_report"]

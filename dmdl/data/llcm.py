@@ -22,7 +22,9 @@ import re
 from pathlib import Path
 from typing import List, Tuple
 
-from .records import INFRARED, VISIBLE, ImageRecord, report, split_idx_line
+from dmdl.modalities import INFRARED, VISIBLE
+
+from .records import ImageRecord, report, split_idx_line
 from .regdb import CameraIndex, VIReIDDataset
 from .sysu import _read_ids, collect_camera_folders
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import List, NamedTuple, Tuple
 
-VISIBLE = "visible"
-INFRARED = "infrared"
-MODALITIES = (VISIBLE, INFRARED)
 
 
 class ImageRecord(NamedTuple):

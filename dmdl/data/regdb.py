@@ -25,7 +25,9 @@ import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Tuple
 
-from .records import INFRARED, VISIBLE, ImageRecord, report, split_idx_line
+from dmdl.modalities import INFRARED, VISIBLE
+
+from .records import ImageRecord, report, split_idx_line
 
 __all__ = ["VIReIDDataset", "RegDB", "REGDB_TRIALS", "parse_regdb_line"]
 

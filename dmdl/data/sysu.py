@@ -19,7 +19,9 @@ import os
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from .records import INFRARED, VISIBLE, ImageRecord, report
+from dmdl.modalities import INFRARED, VISIBLE
+
+from .records import ImageRecord, report
 from .regdb import CameraIndex, VIReIDDataset
 
 __all__ = ["SYSUMM01", "SYSU_RGB_CAMS", "SYSU_IR_CAMS", "SYSU_INDOOR_CAMS",

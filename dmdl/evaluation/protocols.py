@@ -18,7 +18,8 @@ from __future__ import annotations
 import random
 from typing import List, Mapping, Sequence, Tuple
 
-from dmdl.data.records import INFRARED, VISIBLE, ImageRecord
+from dmdl.data.records import ImageRecord
+from dmdl.modalities import INFRARED, VISIBLE
 
 __all__ = [
     "SYSU_MODES", "LLCM_MODES", "REGDB_DIRECTIONS",

@@ -16,88 +16,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from dmdl.data.loading import ImageListDataset
 from dmdl.data.records import ImageRecord
-from dmdl.data.transforms import flip_width, test_transform
-from dmdl.evaluation.metrics import eval_llcm, eval_regdb, eval_sysu
-from dmdl.evaluation import protocols
+from dmdl.data.registry import DATASETS, get_dataset
+from dmdl.features import extract_features
 
 RANKS = (1, 5, 10, 20)
 METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
-
-
-@torch.no_grad()
-def extract_features(
-    model: nn.Module,
-    paths: Sequence[str],
-    height: int,
-    width: int,
-    device: torch.device | str = "cpu",
-    batch_size: int = 64,
-    workers: int = 0,
-    flip: bool = True,
-    renormalize: bool = True,
-    desc: str = "extract",
-    cache: bool | dict = False,
-    modality: str | None = None,
-) -> torch.Tensor:
-    """Features of a list of images.
-
-    Args:
-        model: returns (B, D) features in eval mode.
-        paths: N image paths.
-        height, width: input size in pixels.
-        flip: average with the horizontally flipped image (§A1.2, §A11).
-        renormalize: L2-normalise the (flip-averaged) feature.
-        cache: decoded-image cache, see :class:`~dmdl.data.loading.ImageListDataset`.
-        modality: ``"visible"`` or ``"infrared"``, the modality of all of
-            ``paths``. A two-stream model (``model.two_stream`` true,
-            :class:`~dmdl.models.TwoStream`, §B2) is called as
-            ``model(x, modality)`` so the images go through that modality's
-            stem; one-stream models ignore it.
-
-    Returns:
-        (N, D) float32 tensor on ``device``.
-
-    Raises:
-        ValueError: a two-stream model and no ``modality``; a ``modality``
-            other than None, "visible", "infrared"; no image.
-    """
-    if modality not in (None, "visible", "infrared"):
-        raise ValueError(f"{desc}: modality must be 'visible', 'infrared' or None, got {modality!r}")
-    if getattr(model, "two_stream", False):
-        if modality is None:
-            raise ValueError(
-                f"{desc}: a two-stream model needs the images' modality ('visible' or "
-                f"'infrared') to pick its stem"
-            )
-
-        def embed(x: torch.Tensor) -> torch.Tensor:
-            return model(x, modality)
-    else:
-        embed = model
-    was_training = model.training
-    model.eval()
-    ds = ImageListDataset(paths, [-1] * len(paths), test_transform(height, width), cache=cache)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
-    out = []
-    for x, _, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
-        x = x.to(device, non_blocking=True)
-        f = embed(x).float()
-        if flip:
-            f = (f + embed(flip_width(x)).float()) / 2
-        if renormalize:
-            f = F.normalize(f, dim=1)
-        out.append(f)
-    model.train(was_training)
-    if not out:
-        raise ValueError(f"{desc}: no image to extract features from")
-    return torch.cat(out)
 
 
 def _summary(cmc: np.ndarray, mAP: float, mINP: float) -> dict[str, float]:
@@ -131,27 +57,27 @@ def _distmat(q: torch.Tensor, g: torch.Tensor) -> np.ndarray:
 
 def evaluate_model(model: nn.Module, dataset_name: str, dataset, height: int, width: int,
                    device: torch.device | str = "cpu", workers: int = 0, batch_size: int = 64,
-                   num_trials: int = 10) -> dict[str, dict]:
-    """Run the dataset's full test protocol.
+                   num_trials: int | None = None) -> dict[str, dict]:
+    """Run the dataset's full test protocol (its :mod:`dmdl.data.registry` entry).
 
     Args:
-        dataset_name: ``"regdb"``, ``"sysu"`` or ``"llcm"``.
+        dataset_name: a registered dataset (``"regdb"``, ``"sysu"``, ``"llcm"``).
         dataset: the matching reader (``RegDB``, ``SYSUMM01``, ``LLCM``).
         model: one-stream, or two-stream (visible test images through the
             visible stem, infrared ones through the infrared stem).
-        num_trials: gallery draws for SYSU / LLCM (10 in every paper).
+        num_trials: gallery draws per setting where the protocol draws galleries (default: the
+            registry's, 10 for SYSU and LLCM as in every paper).
 
     Returns:
         ``{setting: {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}}`` in
         percent; settings ``v2t``/``t2v`` (RegDB), ``all``/``indoor`` (SYSU),
-        ``ir2vis``/``vis2ir`` (LLCM). SYSU/LLCM values are means over the
-        trials; ``"per_trial"`` holds each draw's numbers.
+        ``ir2vis``/``vis2ir`` (LLCM). With gallery draws, the values are means over the
+        draws and ``"per_trial"`` holds each draw's numbers.
 
     Raises:
         ValueError: unknown dataset name.
     """
-    if dataset_name not in ("regdb", "sysu", "llcm"):
-        raise ValueError(f"unknown dataset {dataset_name!r}; expected regdb, sysu or llcm")
+    info = get_dataset(dataset_name)
     kw = dict(height=height, width=width, device=device, workers=workers, batch_size=batch_size)
     vis, ir = dataset.test_visible, dataset.test_infrared
     # each modality through its own stem when the model is two-stream (§B6)
@@ -160,46 +86,30 @@ def evaluate_model(model: nn.Module, dataset_name: str, dataset, height: int, wi
     bank_i = _FeatureBank(extract_features(model, [r.path for r in ir], desc="test infrared",
                                            modality="infrared", **kw), ir)
     banks = {"visible": bank_v, "infrared": bank_i}
+    query_gallery, metric = info.load("query_gallery"), info.load("metric")
 
-    def run(query, gallery, metric):
+    def run(query, gallery):
         qf, qp, qc = banks[query[0].modality].take(query)
         gf, gp, gc = banks[gallery[0].modality].take(gallery)
         dist = _distmat(qf, gf)
-        if metric is eval_regdb:
-            return _summary(*eval_regdb(dist, qp, gp))
-        return _summary(*metric(dist, qp, gp, qc, gc))
+        return _summary(*(metric(dist, qp, gp, qc, gc) if info.cameras else metric(dist, qp, gp)))
 
     results: dict[str, dict] = {}
-    if dataset_name == "regdb":
-        for direction in ("v2t", "t2v"):
-            q, g = protocols.regdb_query_gallery(dataset, direction=direction)
-            results[direction] = run(q, g, eval_regdb)
-    else:
-        modes = ("all", "indoor") if dataset_name == "sysu" else ("ir2vis", "vis2ir")
-        per_trial: dict[str, list] = {}
-        for mode in modes:
-            trials = []
-            for t in range(num_trials):
-                if dataset_name == "sysu":
-                    q, g = protocols.sysu_query_gallery(dataset, mode=mode, trial=t)
-                    trials.append(run(q, g, eval_sysu))
-                else:
-                    q, g = protocols.llcm_query_gallery(dataset, mode=mode, trial=t)
-                    trials.append(run(q, g, eval_llcm))
-            results[mode] = _mean(trials)
-            per_trial[mode] = trials
-        results["per_trial"] = per_trial
+    if not info.gallery_draws:
+        for setting in info.settings:
+            results[setting] = run(*query_gallery(dataset, setting))
+        return results
+    draws = info.gallery_draws if num_trials is None else num_trials
+    per_trial: dict[str, list] = {}
+    for setting in info.settings:
+        per_trial[setting] = [run(*query_gallery(dataset, setting, t)) for t in range(draws)]
+        results[setting] = _mean(per_trial[setting])
+    results["per_trial"] = per_trial
     return results
 
 
-SETTING_NAMES = {
-    "v2t": "Visible->Thermal",
-    "t2v": "Thermal->Visible",
-    "all": "All-search",
-    "indoor": "Indoor-search",
-    "ir2vis": "IR->VIS",
-    "vis2ir": "VIS->IR",
-}
+#: a setting's name in tables, from the dataset registry
+SETTING_NAMES = {k: v for info in DATASETS.values() for k, v in info.setting_titles.items()}
 
 
 def format_table(results: dict[str, dict[str, dict]]) -> str:

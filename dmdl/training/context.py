@@ -1,0 +1,169 @@
+"""The run context: the services a method needs, handed to it explicitly.
+
+A method (:mod:`dmdl.methods`) never reaches back into the engine: what it may use of the run is
+a :class:`RunContext`, built once per run by :func:`build_context` from the config's ``run``,
+``data`` and ``model`` sections:
+
+- the model (ghost BatchNorm converted, in its memory layout), its device, the AMP policy and the
+  gradient scaler; the optimizer of the current stage (set by the engine at each stage);
+- the training image records per modality, DataLoader workers, the decoded-image cache;
+- :meth:`RunContext.features` (eval-mode features of a modality's training images, for clustering)
+  and :meth:`RunContext.label_quality` (pseudo-label ARI against the true identities, a diagnostic).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import adjusted_rand_score
+from torch import nn
+
+from dmdl.config import Config
+from dmdl.data.check import available_cores
+from dmdl.data.records import ImageRecord
+from dmdl.features import extract_features
+from dmdl.modalities import MODALITIES
+from dmdl.models.from_config import build_model_from_config
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch RNGs (CUDA too); cuDNN deterministic, no benchmark (§A10)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def set_deterministic() -> None:
+    """Deterministic kernels (``--deterministic``): ``torch.use_deterministic_algorithms`` (ops
+    without a deterministic implementation warn), cuDNN deterministic, cuBLAS workspace fixed.
+    With the same machine, thread count and workers, a run is then reproducible, and a run
+    resumed from a checkpoint ends as the uninterrupted run."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``.
+
+    Raises:
+        RuntimeError: a CUDA device was asked for but torch sees none.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but torch.cuda.is_available() is False")
+    return dev
+
+
+@dataclass
+class RunContext:
+    """What a method may use of the run (see the module docstring).
+
+    Attributes:
+        model: the backbone, on ``device``; ``model(x)`` (one-stream) or ``model(x, modality)``
+            (two-stream) gives (B, D) features.
+        device: where the model and the memories live.
+        train: ``{"visible": [...], "infrared": [...]}`` training image records.
+        height, width: the input size in pixels.
+        batch_size: the per-modality training batch (also the extraction batch, at least 32).
+        workers: DataLoader workers (capped at the CPU cores).
+        image_cache: a dict of decoded images shared by every loader, or False.
+        amp: fp16 autocast on CUDA (never on the CPU).
+        scaler: the gradient scaler (enabled with ``amp``); it lives for the whole run.
+        bn_groups: ghost BatchNorm groups of the model (0/1: none); a training batch is laid out in
+            the reference's DataParallel replica order before the forward pass.
+        channels_last: the model's memory format.
+        optimizer: the optimizer of the current stage (the engine sets it).
+    """
+
+    model: nn.Module
+    device: torch.device
+    train: dict[str, list[ImageRecord]]
+    height: int
+    width: int
+    batch_size: int
+    workers: int = 0
+    image_cache: dict | bool = False
+    amp: bool = False
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cuda", enabled=False))
+    bn_groups: int = 0
+    channels_last: bool = False
+    optimizer: torch.optim.Optimizer | None = None
+
+    def features(self, modality: str, renormalize: bool, flip: bool = True) -> torch.Tensor:
+        """Eval-mode features of a modality's training images, flip-averaged unless ``flip`` is
+        False (§A1.2; MULT §B1 does not flip); a two-stream model runs them through that
+        modality's stem (§B1). fp16 autocast on CUDA with ``amp`` (§A1.2).
+
+        Returns:
+            (N_modality, D) float32 on ``device``; L2-renormalised when asked.
+        """
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            return extract_features(
+                self.model, [r.path for r in self.train[modality]], self.height, self.width, self.device,
+                batch_size=max(self.batch_size, 32), workers=self.workers, desc=f"features {modality}",
+                cache=self.image_cache, renormalize=renormalize, flip=flip, modality=modality)
+
+    def label_quality(self, modalities: Sequence[str], labels: np.ndarray) -> float:
+        """Adjusted Rand index of pseudo-labels (the modalities' samples, concatenated) against the
+        true identities, over non-outliers: a diagnostic only, never used to train. NaN with
+        fewer than two labelled samples."""
+        pids = np.array([r.pid for m in modalities for r in self.train[m]])
+        labels = np.asarray(labels)
+        keep = labels >= 0
+        return float(adjusted_rand_score(pids[keep], labels[keep])) if keep.sum() > 1 else float("nan")
+
+
+def build_context(cfg: Config, train: dict[str, list[ImageRecord]]) -> RunContext:
+    """The run context of ``cfg``: model built and converted (ghost BN, memory layout), device,
+    AMP policy, workers capped at the cores, image cache. Prints when the workers are capped.
+
+    Raises:
+        RuntimeError: a CUDA device asked for and none seen; weight errors from the model builder.
+    """
+    device = resolve_device(cfg.run.device)
+    workers = min(cfg.data.workers, available_cores())  # DataLoader workers beyond the cores only slow down
+    if workers < cfg.data.workers:
+        print(f"workers: {workers} (the {available_cores()} CPU cores available; the config asks "
+              f"{cfg.data.workers})", flush=True)
+    model = build_model_from_config(cfg.model).to(device)
+    if cfg.model.ghost_bn_groups > 1:
+        from dmdl.models.ghost_bn import convert_ghost_batchnorm
+
+        convert_ghost_batchnorm(model, cfg.model.ghost_bn_groups)
+    amp = cfg.run.amp and device.type == "cuda"
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return RunContext(model=model, device=device, train=train, height=cfg.data.height, width=cfg.data.width,
+                      batch_size=cfg.data.batch_size, workers=workers,
+                      image_cache={} if cfg.data.cache_images else False, amp=amp,
+                      scaler=torch.amp.GradScaler("cuda", enabled=amp), bn_groups=cfg.model.ghost_bn_groups,
+                      channels_last=cfg.model.channels_last)
+
+
+def training_records(dataset, max_images: int | None, root) -> dict[str, list[ImageRecord]]:
+    """The training records of a dataset reader per modality, capped at ``max_images`` each.
+
+    Raises:
+        ValueError: a modality without training images (names ``root``).
+    """
+    train = {m: list(getattr(dataset, f"train_{m}")) for m in MODALITIES}
+    if max_images:
+        train = {m: recs[:max_images] for m, recs in train.items()}
+    if not all(train.values()):
+        raise ValueError(f"{root}: the training split has no visible or no infrared image")
+    return train
+
+
+__all__ = ["RunContext", "build_context", "training_records", "seed_everything", "set_deterministic",
+           "resolve_device"]
