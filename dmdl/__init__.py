@@ -2,15 +2,19 @@
 
 The compiled ops live in ``dmdl._C`` and are reached through ``dmdl.ops``;
 importing ``dmdl`` itself does not load the extension. ``dmdl.FeatureExtractor``
-(:mod:`dmdl.inference`) is imported on first use.
+(:mod:`dmdl.inference.extractor`) is imported on first use.
 """
 
 __version__ = "0.4.0"
 
+_LAZY = {"FeatureExtractor": "dmdl.inference.extractor"}
+
 
 def __getattr__(name):
-    if name == "FeatureExtractor":
-        from dmdl.inference.extractor import FeatureExtractor
+    if name in _LAZY:  # on first use, once the package is initialised (as dmdl.data's lazy names)
+        import importlib
 
-        return FeatureExtractor
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'dmdl' has no attribute {name!r}")
