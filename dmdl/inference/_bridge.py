@@ -42,7 +42,7 @@ __all__ = [
     "Config", "ImageReadError", "InputError", "LoadedModel", "available_cores", "embed", "eval_llcm", "eval_regdb",
     "eval_sysu", "extract_features", "flip_width", "format_table", "fresh_model", "jaccard_distance", "load_model",
     "config_dict", "read_config",
-    "preflight", "protocol_metric", "protocol_settings", "protocols", "read_image", "resolve_device", "test_transform", "weights_hash", "write_results",
+    "preflight", "progress_bar", "protocol_metric", "protocol_settings", "protocols", "read_image", "resolve_device", "test_transform", "weights_hash", "write_results",
 ]
 
 MODALITIES = ("visible", "infrared")
@@ -81,6 +81,15 @@ class LoadedModel:
     def two_stream(self) -> bool:
         """True when the model has one stem per modality."""
         return bool(getattr(self.model, "two_stream", False))
+
+
+def progress_bar(iterable, desc: str, enabled: bool = True):
+    """A progress bar over ``iterable`` (tqdm, on stderr) when ``enabled``; else the iterable."""
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def weights_hash(state_dict: dict, height: int, width: int) -> str:

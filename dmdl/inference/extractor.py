@@ -17,10 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
-
-from ._bridge import MODALITIES, ImageReadError, InputError, LoadedModel, flip_width, load_model, read_image, \
-    test_transform
+from ._bridge import MODALITIES, ImageReadError, InputError, LoadedModel, flip_width, load_model, progress_bar, \
+    read_image, test_transform
 from .images import Item, as_image_items
 
 
@@ -159,7 +157,7 @@ class FeatureExtractor:
         loader = DataLoader(_Decoded(items, self.height, self.width), batch_size=self.batch_size, shuffle=False,
                             num_workers=0 if in_memory else self.workers)
         feats, names, skipped = [], [], []
-        bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not self.progress)
+        bar = progress_bar(loader, desc, enabled=self.progress)
         for x, idx, errors, missing in bar:
             ok = [j for j, e in enumerate(errors) if not e]
             for j, e in enumerate(errors):
