@@ -32,6 +32,7 @@ from dmdl.features import extract_features
 from dmdl.models.from_config import build_model_from_config
 from dmdl.models.layers import embed
 from dmdl.ops import jaccard_distance
+from dmdl.progress import progress
 from dmdl.rundir import CHECKPOINT_NAME
 from dmdl.training.checkpoint import load_checkpoint
 from dmdl.training.context import resolve_device
@@ -84,12 +85,9 @@ class LoadedModel:
 
 
 def progress_bar(iterable, desc: str, enabled: bool = True):
-    """A progress bar over ``iterable`` (tqdm, on stderr) when ``enabled``; else the iterable."""
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
+    """A progress bar over ``iterable`` when ``enabled`` (:func:`dmdl.progress.progress`: on a
+    terminal only); else the iterable."""
+    return progress(iterable, desc=desc) if enabled else iterable
 
 
 def weights_hash(state_dict: dict, height: int, width: int) -> str:
