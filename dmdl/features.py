@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from dmdl.data.loading import ImageListDataset
 from dmdl.data.transforms import flip_width, test_transform
+from dmdl.progress import progress
 
 
 @torch.no_grad()
@@ -76,7 +76,7 @@ def extract_features(
     ds = ImageListDataset(paths, [-1] * len(paths), test_transform(height, width), cache=cache)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
     out = []
-    for x, _, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for x, _, _ in progress(loader, total=len(loader), desc=desc):
         x = x.to(device, non_blocking=True)
         f = embed(x).float()
         if flip:
