@@ -87,9 +87,9 @@ def progress_bar(iterable, desc: str, enabled: bool = True):
 
 
 def weights_hash(state_dict: dict, height: int, width: int) -> str:
-    """SHA-256 (first 16 hex digits) of a model's weights and its input size: the keys in sorted
-    order, each tensor's dtype, shape and bytes, then ``height x width``. A training checkpoint
-    and the slim ``pth`` exported from it give the same hash."""
+    """SHA-256 (first 16 hex digits) of a model's input size and weights: ``"<height>x<width>"``,
+    then for each key in sorted order the key, the tensor's dtype and shape, and its bytes. A
+    training checkpoint and the slim ``pth`` exported from it give the same hash."""
     h = hashlib.sha256(f"{height}x{width}".encode())
     for key in sorted(state_dict):
         t = state_dict[key].detach().cpu().contiguous()
@@ -131,12 +131,15 @@ def load_model(checkpoint, device: str | torch.device = "cpu") -> LoadedModel:
         FileNotFoundError: no such file.
         CheckpointError: not a readable dmdl checkpoint, or weights that do not fit the model of
             its config (the message names the file).
-        RuntimeError: a CUDA device asked for and none available.
+        InputError: a CUDA device asked for and none available.
     """
     path = Path(checkpoint)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
-    dev = resolve_device(str(device))
+    try:
+        dev = resolve_device(str(device))
+    except RuntimeError as exc:
+        raise InputError(str(exc)) from None
     ckpt = load_checkpoint(path, need=("model", "config"))
     try:
         cfg = read_config(ckpt["config"])
