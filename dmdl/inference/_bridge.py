@@ -36,7 +36,7 @@ __all__ = [
     "Config", "ImageReadError", "InputError", "LoadedModel", "available_cores", "embed", "eval_llcm", "eval_regdb",
     "eval_sysu", "extract_features", "flip_width", "format_table", "fresh_model", "jaccard_distance", "load_model",
     "config_dict", "read_config",
-    "preflight", "progress_bar", "protocol_metric", "protocol_settings", "protocols", "read_image", "resolve_device", "test_transform", "weights_hash", "write_results",
+    "preflight", "progress_bar", "protocol_draws_galleries", "protocol_metric", "protocol_settings", "protocols", "read_image", "resolve_device", "test_transform", "weights_hash", "write_results",
 ]
 
 MODALITIES = ("visible", "infrared")
@@ -179,6 +179,12 @@ def protocol_settings(dataset_name: str, dataset, num_trials: int = 10) -> list:
         return [(m, [protocols.llcm_query_gallery(dataset, mode=m, trial=t) for t in range(num_trials)])
                 for m in ("ir2vis", "vis2ir")]
     raise ValueError(f"unknown dataset {dataset_name!r}; expected regdb, sysu or llcm")
+
+
+def protocol_draws_galleries(dataset_name: str) -> bool:
+    """Whether the protocol averages random gallery draws (SYSU-MM01, LLCM), whose numbers
+    per draw are then reported too (``"per_trial"``)."""
+    return dataset_name != "regdb"
 
 
 def protocol_metric(dataset_name: str, dist: np.ndarray, query, gallery, max_rank: int = 20):
