@@ -182,3 +182,11 @@ def test_extract_cli_errors_are_one_line(case, expected, trained_runs, tmp_path,
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("dmdl extract")]
     assert rc == 2 and len(err) == 1 and err[0].startswith("dmdl extract: error: ") and expected in err[0]
     assert not (tmp_path / "f.npz").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+def test_extract_cli_asked_for_a_gpu_without_one(trained_runs, toy_regdb, tmp_path, capsys):
+    rc = main(["extract", "--checkpoint", str(trained_runs["dmdl"]), "--images", str(toy_regdb / "Visible"),
+               "--device", "cuda", "--out", str(tmp_path / "f.npz")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "torch.cuda.is_available() is False" in err[0]

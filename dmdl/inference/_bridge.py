@@ -43,7 +43,7 @@ __all__ = [
     "Config", "ImageReadError", "InputError", "LoadedModel", "available_cores", "embed", "eval_llcm", "eval_regdb",
     "eval_sysu", "extract_features", "flip_width", "format_table", "fresh_model", "jaccard_distance", "load_model",
     "config_dict", "read_config",
-    "preflight", "progress_bar", "protocol_metric", "protocol_settings", "protocols", "read_image", "resolve_device", "test_transform", "weights_hash", "write_results",
+    "preflight", "progress_bar", "protocol_draws_galleries", "protocol_metric", "protocol_settings", "protocols", "read_image", "resolve_device", "test_transform", "weights_hash", "write_results",
 ]
 
 MODALITIES = ("visible", "infrared")
@@ -91,9 +91,9 @@ def progress_bar(iterable, desc: str, enabled: bool = True):
 
 
 def weights_hash(state_dict: dict, height: int, width: int) -> str:
-    """SHA-256 (first 16 hex digits) of a model's weights and its input size: the keys in sorted
-    order, each tensor's dtype, shape and bytes, then ``height x width``. A training checkpoint
-    and the slim ``pth`` exported from it give the same hash."""
+    """SHA-256 (first 16 hex digits) of a model's input size and weights: ``"<height>x<width>"``,
+    then for each key in sorted order the key, the tensor's dtype and shape, and its bytes. A
+    training checkpoint and the slim ``pth`` exported from it give the same hash."""
     h = hashlib.sha256(f"{height}x{width}".encode())
     for key in sorted(state_dict):
         t = state_dict[key].detach().cpu().contiguous()
@@ -135,12 +135,15 @@ def load_model(checkpoint, device: str | torch.device = "cpu") -> LoadedModel:
         FileNotFoundError: no such file.
         CheckpointError: not a readable dmdl checkpoint, or weights that do not fit the model of
             its config (the message names the file).
-        RuntimeError: a CUDA device asked for and none available.
+        InputError: a CUDA device asked for and none available.
     """
     path = Path(checkpoint)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
-    dev = resolve_device(str(device))
+    try:
+        dev = resolve_device(str(device))
+    except RuntimeError as exc:
+        raise InputError(str(exc)) from None
     ckpt = load_checkpoint(path, need=("model", "config"))
     try:
         cfg = read_config(ckpt["config"])
@@ -180,6 +183,12 @@ def protocol_settings(dataset_name: str, dataset, num_trials: int | None = None)
         return [(s, [query_gallery(dataset, s)]) for s in info.settings]
     draws = info.gallery_draws if num_trials is None else num_trials
     return [(s, [query_gallery(dataset, s, t) for t in range(draws)]) for s in info.settings]
+
+
+def protocol_draws_galleries(dataset_name: str) -> bool:
+    """Whether the protocol averages random gallery draws (SYSU-MM01, LLCM), whose numbers
+    per draw are then reported too (``"per_trial"``)."""
+    return dataset_name != "regdb"
 
 
 def protocol_metric(dataset_name: str, dist: np.ndarray, query, gallery, max_rank: int = 20):

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ._bridge import METRIC_KEYS, extract_features, protocol_metric, protocol_settings
+from ._bridge import METRIC_KEYS, extract_features, protocol_draws_galleries, protocol_metric, protocol_settings
 from .search import RERANK_DEFAULTS, k_reciprocal_distances
 
 MAX_RANK = 20
@@ -114,7 +114,7 @@ def evaluate_protocol(model, dataset_name: str, dataset, height: int, width: int
         if rr is not None:
             out.reranked[setting] = _mean(ranked)
             out.cmc_reranked[setting] = np.mean(curves_rr, axis=0).tolist()
-    if dataset_name != "regdb":
+    if protocol_draws_galleries(dataset_name):
         out.results["per_trial"] = per_trial
     return out
 
