@@ -188,7 +188,7 @@ def protocol_settings(dataset_name: str, dataset, num_trials: int | None = None)
 def protocol_draws_galleries(dataset_name: str) -> bool:
     """Whether the protocol averages random gallery draws (SYSU-MM01, LLCM), whose numbers
     per draw are then reported too (``"per_trial"``)."""
-    return dataset_name != "regdb"
+    return bool(get_dataset(dataset_name).gallery_draws)
 
 
 def protocol_metric(dataset_name: str, dist: np.ndarray, query, gallery, max_rank: int = 20):
