@@ -179,10 +179,15 @@ setup(
         # RandomErasing in pixel mode, exactly as DMDL's reference code uses it
         "timm",
         "tensorboard",
+        # pictures: CMC curves, training curves, t-SNE (Agg canvas, no display)
+        "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "faiss-cpu", "hypothesis"],
+        # onnx + onnxruntime: the ONNX export and its check against PyTorch
+        "test": ["pytest", "pytest-benchmark", "faiss-cpu", "hypothesis", "onnx", "onnxruntime"],
         "faiss": ["faiss-cpu"],
+        # dmdl export --format onnx (torch's TorchScript-based exporter: no onnxscript needed)
+        "export": ["onnx", "onnxruntime"],
     },
     entry_points={"console_scripts": ["dmdl = dmdl.cli:main"]},
     zip_safe=False,

@@ -1,4 +1,5 @@
-"""The ``dmdl`` command: train, evaluate, demo, check-dataset, make-toy-dataset.
+"""The ``dmdl`` command: train, evaluate, demo, check-dataset, make-toy-dataset; after training:
+extract, search, export, plot, visualize, doctor.
 
 Arguments, the config and the dataset are checked before torch and the training code are
 imported, so that a typo is answered at once. Errors are one line, ``dmdl <verb>: error: ...``,
@@ -114,7 +115,7 @@ def _cmd_evaluate(args, extra) -> int:
         raise FileNotFoundError(f"--data-root: no such directory: {args.data_root}")
     from dmdl.config import config_from_saved
     from dmdl.data.check import available_cores, preflight
-    from dmdl.evaluation.runner import evaluate_model, format_table
+    from dmdl.evaluation.runner import format_table
     from dmdl.models.from_config import build_model_from_config
     from dmdl.training.checkpoint import load_checkpoint
     from dmdl.training.context import resolve_device
@@ -144,12 +145,18 @@ def _cmd_evaluate(args, extra) -> int:
     model.to(device)
     _State.phase = "run"
     workers = min(args.workers, available_cores())
-    res = evaluate_model(model, data.dataset, dataset, data.height, data.width, device, workers=workers,
-                         interpolation=cfg.resize())
-    print(format_table({"model": res}))
     out = Path(args.output) if args.output else path.with_name(evaluation_name(data.dataset, trial))
-    write_results(out, {"model": res, "checkpoint": str(path), "trial": trial}, cfg.to_dict())
-    print(f"wrote {out}")
+    # after training (dmdl.inference.evaluation): the protocol's numbers as evaluate_model's, plus
+    # --rerank (k-reciprocal re-ranking) and the pictures (CMC curves, rank-list sheets) beside `out`
+    from dmdl.inference.evaluation import evaluate_and_draw
+
+    report = evaluate_and_draw(model, data.dataset, dataset, data.height, data.width, trial, device, workers, out,
+                               rerank=args.rerank, pictures=not args.no_pictures, interpolation=cfg.resize())
+    res = report["model"]
+    print(format_table({"model": res, **({"re-ranked": report["model_reranked"]} if args.rerank else {})}))
+    write_results(out, {"model": res, "checkpoint": str(path), "trial": trial,
+                        **{k: v for k, v in report.items() if k != "model"}}, cfg.to_dict())
+    print(f"wrote {out}" + "".join(f"\nwrote {out.parent / name}" for name in report.get("pictures", [])))
     return 0
 
 
@@ -212,6 +219,125 @@ def _cmd_make_toy(args, extra) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- extract
+def _checkpoint_path(value: str) -> Path:
+    """``--checkpoint``: a file, or a run directory holding ``checkpoint.pth``."""
+    path = Path(value)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def _cmd_extract(args, extra) -> int:
+    from dmdl.inference.images import collect_image_paths
+
+    ckpt = _checkpoint_path(args.checkpoint)
+    paths = collect_image_paths(args.images)
+    from dmdl.inference.extractor import FeatureExtractor
+    from dmdl.inference.features import save_features
+
+    fx = FeatureExtractor(ckpt, device=args.device, batch_size=args.batch_size, workers=args.workers, progress=True)
+    fx.check_modality(args.modality)
+    _State.phase = "run"
+    res = fx.extract(paths, args.modality, on_error="skip", desc="extract")
+    for _, why in res.skipped:
+        print(f"warning: skipped an unreadable image: {why}", file=sys.stderr)
+    save_features(args.out, res.features, res.names, res.modality, fx.weights_hash, str(ckpt), fx.height, fx.width,
+                  [f"{n}: {w}" for n, w in res.skipped])
+    skipped = f"; skipped {len(res.skipped)} unreadable" if res.skipped else ""
+    what = f"{args.modality} features" if args.modality else "features"
+    print(f"wrote {args.out}: {len(res.names)} {what} of dimension {fx.feature_dim} (model {fx.weights_hash}){skipped}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- search
+def _cmd_search(args, extra) -> int:
+    if args.topk < 1:
+        raise InputError(f"--topk must be >= 1, got {args.topk}")
+    for side in ("query", "gallery"):
+        images, feats = getattr(args, side), getattr(args, f"{side}_features")
+        if bool(images) == bool(feats):
+            raise InputError(f"give either --{side} images or --{side}-features FILE (one of the two)")
+        if images and not args.checkpoint:
+            raise InputError(f"--{side} images need --checkpoint (or give --{side}-features from dmdl extract)")
+    ckpt = _checkpoint_path(args.checkpoint) if args.checkpoint else None
+    from dmdl.inference.images import collect_image_paths
+
+    specs = {side: collect_image_paths(getattr(args, side)) for side in ("query", "gallery") if getattr(args, side)}
+    from dmdl.inference import retrieval
+
+    fx = None
+    if ckpt is not None:
+        from dmdl.inference.extractor import FeatureExtractor
+
+        fx = FeatureExtractor(ckpt, device=args.device, batch_size=args.batch_size, progress=True)
+    sides = {}
+    for side in ("query", "gallery"):
+        modality = getattr(args, f"{side}_modality")
+        if side in specs:
+            fx.check_modality(modality)
+            sides[side] = retrieval.side_from_images(fx, specs[side], modality, f"--{side}",
+                                                     log=lambda m: print(m, file=sys.stderr))
+        else:
+            sides[side] = retrieval.side_from_file(getattr(args, f"{side}_features"), f"--{side}-features", modality)
+    retrieval.check_same_model(sides["query"], sides["gallery"], fx.weights_hash if fx else None)
+    _State.phase = "run"
+    rerank = {"k1": args.k1, "k2": args.k2, "lam": args.lam} if args.rerank else None
+    payload = retrieval.search_and_write(args.out, sides["query"], sides["gallery"], args.topk, rerank,
+                                         pictures=not args.no_pictures)
+    out = Path(args.out)
+    print(f"ranked {len(sides['gallery'].names)} gallery images for {len(payload['queries'])} queries"
+          f"{' (re-ranked)' if rerank else ''}: {out / retrieval.RANKING_NAME}"
+          + ("" if args.no_pictures else f", {out / 'index.html'}"))
+    return 0
+
+
+# ---------------------------------------------------------------------------- export
+def _cmd_export(args, extra) -> int:
+    ckpt = _checkpoint_path(args.checkpoint)
+    from dmdl.inference.export import export_model
+
+    _State.phase = "run"
+    out = export_model(ckpt, args.format, args.out, device=args.device)
+    print(f"wrote {out} ({args.format}, {out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- plot, visualize
+def _cmd_plot(args, extra) -> int:
+    from dmdl.visualization.curves import redraw_run
+
+    for path in redraw_run(args.run_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_visualize(args, extra) -> int:
+    if bool(args.features) == bool(args.checkpoint):
+        raise InputError("give either --checkpoint CKPT --data-root DIR (its test split) or --features FILE...")
+    if args.checkpoint and not args.data_root:
+        raise InputError("--checkpoint needs --data-root (the dataset whose test images are shown)")
+    from dmdl.visualization.tsne import plot_tsne, tsne_inputs
+
+    feats, mods, ids, title, default_out = tsne_inputs(args.checkpoint, args.data_root, args.features, args.trial,
+                                                       args.max_images, args.device)
+    _State.phase = "run"
+    out = plot_tsne(feats, mods, ids, args.out or default_out, title=title, max_ids=args.max_ids)
+    print(f"wrote {out} ({len(feats)} images)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- doctor
+def _cmd_doctor(args, extra) -> int:
+    from dmdl.doctor import as_dicts, format_checks, run_checks
+
+    checks = run_checks()
+    print(json.dumps(as_dicts(checks), indent=2) if args.json else format_checks(checks))
+    return 1 if any(c.status == "FAIL" for c in checks) else 0
+
+
 # ---------------------------------------------------------------------------- parser
 def _train_epilog() -> str:
     from dmdl.config import config_keys_help, preset_names
@@ -227,12 +353,97 @@ def _train_epilog() -> str:
     )
 
 
+def _add_extract_search_parsers(sub, verbs: dict) -> None:
+    """The parsers of ``extract`` and ``search`` (after training)."""
+    x = sub.add_parser("extract", help="features of images from a checkpoint, to a .npz file",
+                       description="Embed images with a checkpoint's model exactly as its evaluation does (test "
+                                   "transform, flip averaging, L2 normalisation). An unreadable image is reported "
+                                   "and skipped.")
+    x.add_argument("--checkpoint", required=True, help="checkpoint.pth (or its run directory) or a slim .pth export")
+    x.add_argument("--images", required=True, nargs="+", help="image files, folders (searched recursively) or "
+                                                               "glob patterns")
+    x.add_argument("--modality", help="visible or infrared: the stem of a two-stream model (required there)")
+    x.add_argument("--out", required=True, help="the features file to write (.npz)")
+    x.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    x.add_argument("--batch-size", type=int, default=64)
+    x.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding images (default: 0)")
+    x.set_defaults(func=_cmd_extract)
+    verbs["extract"] = x
+
+    s = sub.add_parser("search", help="rank a gallery for query images (JSON, rank-list pictures, index.html)",
+                       description="Cross-modality search: ranked gallery lists per query (ranking.json), one "
+                                   "rank-list picture per query and an index.html showing them.")
+    s.add_argument("--checkpoint", help="the model (needed unless both sides are --*-features files)")
+    s.add_argument("--query", nargs="+", help="query image files, folders or globs")
+    s.add_argument("--query-features", help="query features from dmdl extract (instead of --query)")
+    s.add_argument("--query-modality", help="visible or infrared")
+    s.add_argument("--gallery", nargs="+", help="gallery image files, folders or globs")
+    s.add_argument("--gallery-features", help="gallery features from dmdl extract (instead of --gallery)")
+    s.add_argument("--gallery-modality", help="visible or infrared")
+    s.add_argument("--topk", type=int, default=10, help="gallery images listed per query (default: 10)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (Zhong et al. 2017)")
+    s.add_argument("--k1", type=int, default=20, help="re-ranking k1 (default: 20)")
+    s.add_argument("--k2", type=int, default=6, help="re-ranking k2 (default: 6)")
+    s.add_argument("--lambda", dest="lam", type=float, default=0.3, help="re-ranking lambda (default: 0.3)")
+    s.add_argument("--no-pictures", action="store_true", help="write ranking.json only")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.set_defaults(func=_cmd_search)
+    verbs["search"] = s
+
+
+def _add_export_plot_visualize_doctor_parsers(sub, verbs: dict) -> None:
+    """The parsers of ``export``, ``plot``, ``visualize`` and ``doctor`` (after training)."""
+    o = sub.add_parser("export", help="export the inference graph (onnx, torchscript, slim pth)",
+                       description="Export the backbone, GeM and BN neck (L2-normalised features) with the input "
+                                   "size, mean/std and modalities as metadata; a two-stream model takes a modality "
+                                   "input (0 visible, 1 infrared). pth: the model's weights and config only.")
+    o.add_argument("--checkpoint", required=True, help="checkpoint.pth (or its run directory)")
+    o.add_argument("--format", required=True, choices=("onnx", "torchscript", "pth"))
+    o.add_argument("--out", required=True, help="the file to write")
+    o.add_argument("--device", default="cpu", help="where the graph is traced (default: cpu)")
+    o.set_defaults(func=_cmd_export)
+    verbs["export"] = o
+
+    pl = sub.add_parser("plot", help="redraw a run's training curves (log.csv) and CMC curves",
+                        description="Redraw training_curves.png from RUN_DIR/log.csv and the CMC curves of every "
+                                    "evaluation_*.json there.")
+    pl.add_argument("run_dir", help="a run directory of dmdl train")
+    pl.set_defaults(func=_cmd_plot)
+    verbs["plot"] = pl
+
+    v = sub.add_parser("visualize", help="t-SNE of test features by modality and identity",
+                       description="t-SNE of a checkpoint's test features (or of dmdl extract files), coloured by "
+                                   "modality and by identity.")
+    v.add_argument("kind", choices=("tsne",))
+    v.add_argument("--checkpoint", help="checkpoint.pth (or its run directory)")
+    v.add_argument("--data-root", help="the checkpoint's dataset (its test split is shown)")
+    v.add_argument("--trial", type=int, help="RegDB split (default: the checkpoint's)")
+    v.add_argument("--features", nargs="+", help="features files of dmdl extract (instead of --checkpoint)")
+    v.add_argument("--max-images", type=int, default=2000, help="images drawn at most, a seeded sample (2000)")
+    v.add_argument("--max-ids", type=int, default=20, help="identities coloured (default: 20)")
+    v.add_argument("--out", help="PNG file (default: tsne_<dataset>_trial<T>.png beside the checkpoint)")
+    v.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    v.set_defaults(func=_cmd_visualize)
+    verbs["visualize"] = v
+
+    dr = sub.add_parser("doctor", help="what is installed and what will run",
+                        description="torch / CUDA, dmdl._C and its GPU architectures, GPUs, Triton, faiss, the "
+                                    "CPU's vector units and threads, each with what to do when it is missing. Exit "
+                                    "code 1 when something dmdl needs is broken.")
+    dr.add_argument("--json", action="store_true", help="print the checks as JSON")
+    dr.set_defaults(func=_cmd_doctor)
+    verbs["doctor"] = dr
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and the parser of each verb."""
     p = argparse.ArgumentParser(prog="dmdl", description="Unsupervised visible-infrared person re-identification.")
     p.add_argument("--version", action="version", version=f"dmdl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,evaluate,demo,check-dataset,"
-                                                                    "make-toy-dataset}")
+                                                                    "make-toy-dataset,extract,search,export,"
+                                                                    "plot,visualize,doctor}")
     verbs = {}
 
     t = sub.add_parser("train", help="train the two-stage pipeline", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -254,7 +465,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on the dataset's test protocol",
                        description="Rebuild the model from the config stored in a checkpoint and run the test "
-                                   "protocol of its dataset; writes evaluation_<dataset>_trial<T>.json beside it.")
+                                   "protocol of its dataset; writes evaluation_<dataset>_trial<T>.json beside it, "
+                                   "with the CMC curves and rank-list sheets of sample queries (PNG).")
     e.add_argument("--dataset", choices=DATASET_NAMES,
                    help="the dataset the checkpoint was trained on (checked against the checkpoint; default: its own)")
     e.add_argument("--data-root", required=True, help="dataset folder in its raw layout")
@@ -263,6 +475,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     e.add_argument("--workers", type=int, default=2, help="DataLoader workers, capped at the CPU cores (default: 2)")
     e.add_argument("--output", help="JSON file for the metrics (default: beside the checkpoint)")
+    e.add_argument("--rerank", action="store_true",
+                   help="also report the numbers with k-reciprocal re-ranking (Zhong et al. 2017; k1 20, k2 6, "
+                        "lambda 0.3), per direction / mode")
+    e.add_argument("--no-pictures", action="store_true",
+                   help="do not write the CMC curves and rank-list sheets beside the JSON")
     e.set_defaults(func=_cmd_evaluate)
     verbs["evaluate"] = e
 
@@ -293,6 +510,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     m.add_argument("out", help="the new dataset's root folder (must be empty or absent)")
     m.set_defaults(func=_cmd_make_toy)
     verbs["make-toy-dataset"] = m
+
+    _add_extract_search_parsers(sub, verbs)
+    _add_export_plot_visualize_doctor_parsers(sub, verbs)
     return p, verbs
 
 

@@ -65,3 +65,31 @@ def assert_evaluate_reproduces():
                 assert ev["results"]["model"][direction][k] == pytest.approx(v, abs=1e-6)
 
     return check
+
+
+@pytest.fixture(scope="session")
+def trained_runs(toy_regdb, tmp_path_factory) -> dict:
+    """Run directories of two tiny trained models on the toy RegDB (1 + 1 epochs of 2 iterations,
+    64 x 32 inputs, a few seconds each): ``"dmdl"``, a one-stream DMDL MobileNetV2, and ``"mult"``,
+    a two-stream MULT MobileNetV2. Shared by the after-training tests; do not write into them."""
+    import warnings
+
+    import torch
+
+    from dmdl.config import load_config
+    from dmdl.engine import Engine
+    from dmdl.methods import get_method
+
+    tiny = ["--height", "64", "--width", "32", "--iters", "2", "--batch-size", "16", "--num-instances", "4",
+            "--k1", "6", "--k2", "2", "--eps", "0.5", "--workers", "0", "--stage1-epochs", "1",
+            "--stage2-epochs", "1", "--eval-untrained", "false"]
+    runs = {}
+    for name, preset in (("dmdl", "regdb-cpu"), ("mult", "regdb-cpu-mult")):
+        out = tmp_path_factory.mktemp("runs") / name
+        cfg = load_config(preset, tiny + ["--data-root", str(toy_regdb), "--output-dir", str(out)])
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Engine(cfg, get_method(cfg)).run()
+        runs[name] = out
+    return runs
