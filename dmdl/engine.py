@@ -32,6 +32,7 @@ from dmdl.training.checkpoint import (RESUME_KEYS, atomic_save, load_checkpoint,
                                       rng_state, set_rng_state, truncate_log)
 from dmdl.training.context import build_context, seed_everything, set_deterministic, training_records
 from dmdl.training.log import LOG_FIELDS, EpochLog, fmt_seconds, write_results
+from dmdl.visualization.curves import plot_training_curves
 
 # config keys that may differ between a checkpoint and the resumed run without changing the result
 RESUME_FREE = ("resume", "output_dir", "data_root", "device", "cache_images", "eval_untrained", "check_images",
@@ -244,8 +245,11 @@ class Engine:
             print(f"test-sel. = the epoch with the best TEST mAP (stage {sel['stage']} epoch {sel['epoch']}), "
                   "the reference's selection: optimistic, not a held-out result")
         print(format_table(report))
+        if (self.out / LOG_NAME).is_file():  # the training curves of log.csv (none if no epoch ran here)
+            self.results["pictures"] = [p.name for p in plot_training_curves(self.out)]
         write_results(self.out / RESULTS_NAME, self.results, self.cfg.to_dict())
-        print(f"results: {self.out / RESULTS_NAME}; checkpoint: {self.out / CHECKPOINT_NAME}", flush=True)
+        print(f"results: {self.out / RESULTS_NAME}; checkpoint: {self.out / CHECKPOINT_NAME}"
+              + "".join(f"; {name}" for name in self.results.get("pictures", [])), flush=True)
         print(f"output directory: {self.out.resolve()} ({fmt_seconds(time.time() - t_start)})", flush=True)
         return self.results
 

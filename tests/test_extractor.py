@@ -23,11 +23,14 @@ def extractors(trained_runs):
     return {name: dmdl.FeatureExtractor(run) for name, run in trained_runs.items()}
 
 
-def _reference_features(model, paths, height, width, modality):
-    """Written from algorithm.md §A11: bicubic resize, ToTensor, ImageNet normalisation; the
-    eval-mode features of the image and of its horizontal flip, averaged, L2-normalised."""
-    tf = T.Compose([T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
-                    T.Normalize(MEAN, STD)])
+#: the test resize of each method's released code: DMDL bicubic, MULT torchvision's default bilinear
+RESIZE = {"dmdl": T.InterpolationMode.BICUBIC, "mult": T.InterpolationMode.BILINEAR}
+
+
+def _reference_features(model, paths, height, width, modality, resize=T.InterpolationMode.BICUBIC):
+    """Written from algorithm.md §A11: resize, ToTensor, ImageNet normalisation; the eval-mode
+    features of the image and of its horizontal flip, averaged, L2-normalised."""
+    tf = T.Compose([T.Resize((height, width), interpolation=resize), T.ToTensor(), T.Normalize(MEAN, STD)])
     x = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])
     net = (lambda t: model(t, modality)) if getattr(model, "two_stream", False) else model
     with torch.no_grad():
@@ -51,7 +54,7 @@ def test_features_reproduce_the_evaluation(name, extractors, trained_runs, toy_r
         for k, v in got.items():
             assert v == pytest.approx(trained[direction][k], abs=1e-6), (direction, k)
     paths = [r.path for r in ds.test_infrared[:7]]
-    ref = _reference_features(fx.model, paths, fx.height, fx.width, "infrared")
+    ref = _reference_features(fx.model, paths, fx.height, fx.width, "infrared", RESIZE[name])
     torch.testing.assert_close(ir[:7], ref, atol=1e-5, rtol=0)
 
 
@@ -88,7 +91,7 @@ def test_modality_picks_the_stem_of_a_two_stream_model_only(extractors, toy_regd
     torch.testing.assert_close(one(path), one(path, "visible"), atol=0, rtol=0)
     assert not torch.allclose(two(path, "visible"), two(path, "infrared"), atol=1e-4)  # trained stems differ
     for m in ("visible", "infrared"):
-        ref = _reference_features(two.model, [path], two.height, two.width, m)
+        ref = _reference_features(two.model, [path], two.height, two.width, m, RESIZE["mult"])
         torch.testing.assert_close(two(path, m), ref, atol=1e-5, rtol=0)
 
 

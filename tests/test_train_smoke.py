@@ -46,6 +46,10 @@ def test_train_then_evaluate_reproduces(toy_root, tmp_path, capsys, assert_evalu
             assert all(0.0 <= v <= 100.0 for v in vals.values())
     saved = json.loads((out / RESULTS_NAME).read_text())
     assert saved["units"] == "percent" and saved["results"]["trained"] == results["trained"]
+    assert saved["results"]["pictures"] == ["training_curves.png"]  # drawn from log.csv at the end of the run
+    from PIL import Image
+
+    assert Image.open(out / "training_curves.png").size == (1500, 800)
     with open(out / "log.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
