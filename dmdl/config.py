@@ -187,6 +187,9 @@ class ClusteringConfig(Section):
     (algorithm.md §A1.2, §A5.1, §A9; :mod:`dmdl.guards`)."""
 
     section: ClassVar[str] = "clustering"
+    # "pseudo": DBSCAN clusters and their association (unsupervised); "ground-truth": the true
+    # identities in their place, per modality and across modalities (the supervised ceiling)
+    labels: str = "pseudo"
     k1: int = 30
     k2: int = 6
     eps: float = 0.3
@@ -197,6 +200,7 @@ class ClusteringConfig(Section):
     max_outlier_share: float = 0.5  # warn when DBSCAN leaves more than this share of a modality as outliers
 
     def check(self, cfg: "Config") -> None:
+        one_of(self, "labels", ("pseudo", "ground-truth"))
         at_least(self, 1, "k1", "k2", "min_samples")
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
@@ -391,6 +395,21 @@ def parse_trials(text: str | int) -> list[int]:
     if not trials or any(not 1 <= t <= count for t in trials):
         raise ValueError(f"--trial: RegDB trials are 1..{count}, got {text!r}")
     return trials
+
+
+def parse_seeds(text: str | int) -> list[int]:
+    """``"1,2,3"`` -> [1, 2, 3]: distinct integer seeds, in the order given.
+
+    Raises:
+        ValueError: unreadable text, no seed or a repeated one.
+    """
+    try:
+        seeds = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds: expected comma-separated integers such as 1,2,3, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: expected distinct seeds, got {text!r}")
+    return seeds
 
 
 def preset_names() -> list[str]:
@@ -613,4 +632,4 @@ def _is_number(text: str) -> bool:
 __all__ = ["Config", "Section", "RunConfig", "DataConfig", "ModelConfig", "ScheduleConfig", "ClusteringConfig",
            "TransferConfig", "MethodConfig", "METHOD_CONFIGS", "register_method_config", "at_least", "one_of", "load_config",
            "make_config", "config_from_saved", "config_keys_help", "unknown_key_message", "parse_overrides", "parse_schedule",
-           "parse_milestones", "parse_trials", "preset_names", "key_owners"]
+           "parse_milestones", "parse_trials", "parse_seeds", "preset_names", "key_owners"]

@@ -42,7 +42,7 @@ from dmdl.memories import CrossModalMemory
 from dmdl.methods.dmdl.step import (EpochPlan, certainty_rows, dmdl_losses, dmdl_memory_updates, dmdl_reference_losses,
                                    shared_memory_updates)
 from dmdl.modalities import INFRARED, MODALITIES, VISIBLE
-from dmdl.pseudo_labels import associate, certainty, nearest_sample_matching
+from dmdl.pseudo_labels import associate, certainty, ground_truth_unified, nearest_sample_matching
 from dmdl.training.context import RunContext
 from dmdl.training.steps import cluster_modalities, epoch_seed, forward_views, optimizer_step, run_epoch
 
@@ -92,6 +92,12 @@ class DMDL:
             keep_distance=stage == 2 and dmdl.association == "mult")  # MULT's transfer reads the Jaccard graphs
         if stage == 1:
             return labels, stats
+        if self.cfg.clustering.labels == "ground-truth":  # the supervised ceiling: the true unified ids
+            unified, stats["unified_ids"] = ground_truth_unified({m: [r.pid for r in self.ctx.train[m]]
+                                                                  for m in MODALITIES})
+            stats["ari_unified"] = self.ctx.label_quality(MODALITIES, np.concatenate([unified[m] for m in MODALITIES]))
+            stats["matching"] = f"ground-truth->{anchor}"
+            return unified, stats
         how = self.matching(epoch)
         args = (feats[VISIBLE], labels[VISIBLE], feats[INFRARED], labels[INFRARED])
         if how == "sample":

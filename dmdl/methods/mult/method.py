@@ -37,6 +37,7 @@ from dmdl.data.transforms_mult import mult_train_views
 from dmdl.memories import CrossModalMemory
 from dmdl.methods.mult.step import MultPlan, mult_losses, mult_memory_updates, mult_reference_losses
 from dmdl.modalities import INFRARED, MODALITIES, VISIBLE
+from dmdl.pseudo_labels import ground_truth_labels
 from dmdl.pseudo_labels.mult import dbscan_centers, mult_label_transfer, mult_soft_labels
 from dmdl.training.context import RunContext
 from dmdl.training.steps import cluster_modalities, epoch_seed, forward_views, optimizer_step, run_epoch
@@ -91,6 +92,25 @@ class MULT:
         stats["matching"] = f"mult->{space}"
         return hard, soft, stats
 
+    def ground_truth(self, feats: dict, labels: dict, dists: dict, centers: dict, space: str) -> tuple[dict, dict, dict]:
+        """The label transfer's output from the true identities (``labels: ground-truth``): each
+        sample's own-modality label and its label in the other modality's space, one-hot (the β
+        step leaves one-hot labels unchanged). Same returns as :meth:`transfer`."""
+        pids = {m: [r.pid for r in self.ctx.train[m]] for m in MODALITIES}
+        hard = {"label1": labels[VISIBLE], "label2": labels[INFRARED],
+                "cm_label1": ground_truth_labels(pids[VISIBLE], pids[INFRARED]),
+                "cm_label2": ground_truth_labels(pids[INFRARED], pids[VISIBLE])}
+        sizes = {"label1": int(labels[VISIBLE].max()) + 1, "label2": int(labels[INFRARED].max()) + 1}
+        sizes.update(cm_label1=sizes["label2"], cm_label2=sizes["label1"])
+        names = {"y1": "label1", "y2": "label2", "cm_y1": "cm_label1", "cm_y2": "cm_label2"}
+        soft = {k: torch.nn.functional.one_hot(torch.as_tensor(hard[h]), sizes[h]).float().to(self.ctx.device)
+                for k, h in names.items()}
+        unified = (np.concatenate([hard["label1"], hard["cm_label2"]]) if space == "rgb"
+                   else np.concatenate([hard["cm_label1"], hard["label2"]]))
+        stats = {"unified_ids": int(len(np.unique(unified))), "ari_unified": self.ctx.label_quality(MODALITIES, unified),
+                 "matching": f"ground-truth->{space}"}
+        return hard, soft, stats
+
     def plan(self, stage: int, epoch: int, feats: dict) -> tuple[MultPlan, dict]:
         """Labels, memories and batches of one epoch (stage 1: single, stage 2: cross)."""
         labels, dists, stats = cluster_modalities(self.ctx, feats, self.cfg.clustering, f"stage {stage} epoch {epoch}",
@@ -106,7 +126,8 @@ class MULT:
             hard = {"label1": torch.as_tensor(labels[VISIBLE]), "label2": torch.as_tensor(labels[INFRARED])}
             return MultPlan(1, None, memory, hard, {}, {VISIBLE: vis, INFRARED: ir}), stats
         space = "rgb" if epoch % 2 == 0 else "ir"
-        hard, soft, more = self.transfer(feats, labels, dists, centers, space)
+        transfer = self.ground_truth if self.cfg.clustering.labels == "ground-truth" else self.transfer
+        hard, soft, more = transfer(feats, labels, dists, centers, space)
         stats.update(more)
         vis, ir = cross_stage_batches(hard["label1"], hard["label2"], hard["cm_label1"], hard["cm_label2"], iters,
                                       self.num_ids, num_instances, seed)
