@@ -21,7 +21,7 @@ from pathlib import Path
 from dmdl import __version__
 from dmdl.data.registry import DATASET_NAMES, get_dataset
 from dmdl.errors import DmdlError, InputError
-from dmdl.rundir import CHECKPOINT_NAME, CONFIG_NAME, TRIALS_NAME, evaluation_name
+from dmdl.rundir import CHECKPOINT_NAME, CONFIG_NAME, SEEDS_NAME, TRIALS_NAME, evaluation_name
 
 DEMO_PRESET = "demo"
 
@@ -35,15 +35,16 @@ class _State:
 
 # ---------------------------------------------------------------------------- train
 def _train_config(args, extra):
-    """(config, trial list or None) from the arguments; validated, without importing torch."""
-    from dmdl.config import load_config, parse_trials
+    """(config, trial list or None, seed list or None) from the arguments; validated, without
+    importing torch."""
+    from dmdl.config import load_config, parse_seeds, parse_trials
 
     overrides = list(extra)
     if args.deterministic:
         overrides += ["--deterministic", "true"]
     if args.data_root:
         overrides += ["--data-root", args.data_root]
-    trials = None
+    trials = seeds = None
     if args.resume and not args.config:
         run = Path(args.resume)
         run_dir = run if run.is_dir() else run.parent
@@ -59,6 +60,9 @@ def _train_config(args, extra):
             raise InputError(f"--resume: {run_dir / CONFIG_NAME} is not valid JSON ({exc})") from None
         if (run_dir / TRIALS_NAME).is_file() and args.trial is None:
             trials = json.loads((run_dir / TRIALS_NAME).read_text())["trials"]
+        if (run_dir / SEEDS_NAME).is_file() and args.seeds is None:
+            listed = json.loads((run_dir / SEEDS_NAME).read_text())
+            seeds, trials = listed["seeds"], listed["trials"] if args.trial is None else trials
         cfg = load_config(saved, overrides)
     else:
         if not args.config:
@@ -73,14 +77,16 @@ def _train_config(args, extra):
             trials = None
     if trials is not None and not get_dataset(cfg.data.dataset).trials:
         raise InputError(f"--trial all / a trial list is for RegDB; the config's dataset is {cfg.data.dataset!r}")
+    if args.seeds is not None:
+        seeds = parse_seeds(args.seeds)
     pretrained = cfg.model.pretrained
     if pretrained not in ("imagenet", "none") and not Path(pretrained).is_file():
         raise FileNotFoundError(f"--pretrained: no such weights file: {pretrained}")
-    return cfg, trials
+    return cfg, trials, seeds
 
 
 def _cmd_train(args, extra) -> int:
-    cfg, trials = _train_config(args, extra)
+    cfg, trials, seeds = _train_config(args, extra)
     print(f"output directory: {Path(cfg.run.output_dir).resolve()}", flush=True)
     _State.run_dir = Path(cfg.run.output_dir)
     from dmdl.data.check import preflight
@@ -92,9 +98,12 @@ def _cmd_train(args, extra) -> int:
                                 max_train_images=data.max_train_images, log=print)
     from dmdl.engine import Engine
     from dmdl.methods import get_method
-    from dmdl.trials import train_trials
+    from dmdl.trials import train_seeds, train_trials
 
-    if trials is None:
+    if seeds is not None:
+        _State.phase = "run"
+        train_seeds(cfg, seeds, get_method(cfg), trials)
+    elif trials is None:
         engine = Engine(cfg, get_method(cfg), dataset=datasets[data.trial], announce=False)
         _State.phase = "run"
         engine.run()
@@ -454,6 +463,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     t.add_argument("--data-root", help="dataset folder in its raw layout")
     t.add_argument("--trial", help="RegDB trial: 1..10, a list such as 1,2,3 (one model per trial, then the "
                                    "mean), or 'all' (the 10 trials, as the papers report RegDB)")
+    t.add_argument("--seeds", help="one model per seed, e.g. 1,2,3 (with --trial: one trial list per seed), then "
+                                   "each row, the mean and the standard deviation (results_seeds.json)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from the last checkpoint in RUN_DIR "
                                                        "(its config.json gives the config; --key VALUE changes it, "
                                                        "with a warning)")

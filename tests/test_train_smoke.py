@@ -130,3 +130,26 @@ def test_test_set_selection_is_labelled_and_ghost_bn_runs(toy_root, tmp_path, ca
     rows = list(csv.DictReader(open(out / "log.csv", newline="")))
     assert all(r["test_mAP"] != "" for r in rows)
     assert float(rows[1]["loss_cai"]) > 0 and float(rows[1]["loss_mmd"]) != 0
+
+
+def test_seed_list_trains_one_model_per_seed_with_mean_and_spread(toy_root, tmp_path, capsys):
+    out = tmp_path / "seeds"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(["train", "--config", "regdb-cpu", "--data-root", toy_root, "--seeds", "3,5", *TINY,
+                   "--stage1-epochs", "1", "--stage2-epochs", "0", "--eval-untrained", "false", "--output-dir", str(out)])
+    assert rc == 0
+    summary = json.loads((out / "results_seeds.json").read_text())
+    assert set(summary["seeds"]) == {"3", "5"} and summary["std_ddof"] == 1
+    for s in ("3", "5"):
+        assert json.loads((out / f"seed{s}" / "config.json").read_text())["seed"] == int(s)
+    for direction in ("v2t", "t2v"):
+        for k in ("rank1", "mAP", "mINP"):
+            vals = [summary["seeds"][s]["trained"][direction][k] for s in ("3", "5")]
+            assert summary["mean"]["trained"][direction][k] == pytest.approx((vals[0] + vals[1]) / 2)
+            assert summary["std"]["trained"][direction][k] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5)
+    printed = capsys.readouterr().out
+    assert "seed 3" in printed and "std" in printed and "results_seeds.json" in printed
+    # --resume of the seed-list directory reads the finished seeds back
+    rc = main(["train", "--resume", str(out)])
+    assert rc == 0 and json.loads((out / "results_seeds.json").read_text())["mean"] == summary["mean"]
