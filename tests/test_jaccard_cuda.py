@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from dmdl.ops import _library
-from dmdl.ops.jaccard import jaccard_distance, jaccard_distance_reference, knn
+from dmdl.ops.jaccard import jaccard_distance, jaccard_distance_reference
+from dmdl.ops.knn import knn
 from dmdl.testing import clustered_features, identical_rows_features, near_tie_features
 
 pytestmark = pytest.mark.skipif(

@@ -16,7 +16,7 @@
 #include <tuple>
 #include <vector>
 
-#include "dmdl/jaccard_host.h"
+#include "dmdl/knn_host.h"
 #include "dmdl/knn.h"
 
 namespace dmdl {

@@ -26,7 +26,7 @@
 #include <tuple>
 
 #include "dmdl/gpu.cuh"
-#include "dmdl/jaccard_host.h"
+#include "dmdl/knn_host.h"
 #include "dmdl/knn.h"
 
 namespace dmdl {

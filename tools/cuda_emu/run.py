@@ -41,7 +41,8 @@ STRESS = {
 def generate(out: pathlib.Path, lib: str, stress: bool) -> list[str]:
     src = ROOT / "csrc"
     (out / "dmdl").mkdir(parents=True, exist_ok=True)
-    for h in ("host_device.h", "jaccard.h", "knn.h", "jaccard_host.h", "propagation.h", "propagation_host.h"):
+    for h in ("host_device.h", "jaccard.h", "knn.h", "knn_host.h", "jaccard_host.h", "propagation.h",
+              "propagation_host.h"):
         (out / "dmdl" / h).write_text((src / "include/dmdl" / h).read_text())
     gpu = (src / "include/dmdl/gpu.cuh").read_text().replace("#include <cuda_runtime.h>", '#include "emu_cuda.h"')
     (out / "dmdl" / "gpu.cuh").write_text(gpu)

@@ -20,7 +20,7 @@
 //
 // Per-row building blocks shared by the CPU kernel (csrc/cpu/knn_cpu.cpp) and the CUDA
 // kernel (csrc/cuda/knn_cuda.cu: a warp per row, lanes strided over D in dot_partial_d);
-// plain C++ on raw pointers, host and device.
+// plain C++ on raw pointers, host and device. Host-side ATen checks: dmdl/knn_host.h.
 #pragma once
 
 #include <math.h>
