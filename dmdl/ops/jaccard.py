@@ -75,7 +75,7 @@ def to_scipy_csr(distances: Tensor):
 
 
 def jaccard_distance(features: Tensor, k1: int = 30, k2: int = 6, *, output: str = "sparse",
-                     precision: str = "fp32", margin: int | None = None, knn_backend: str = "torch") -> Tensor:
+                     precision: str = "auto", margin: int | None = None, knn_backend: str = "torch") -> Tensor:
     """k-reciprocal Jaccard distances, computed by the compiled kernels.
 
     Args:
@@ -88,8 +88,9 @@ def jaccard_distance(features: Tensor, k1: int = 30, k2: int = 6, *, output: str
             ``d = 1`` exactly. ``d = 0`` (the diagonal, duplicate rows) is stored as an explicit 0,
             which scikit-learn's ``DBSCAN(metric="precomputed")`` counts as a neighbour
             (checked in the tests); :func:`to_scipy_csr` converts it. ``"dense"``: ``[N, N]``.
-        precision, margin, knn_backend: of the kNN, see :func:`knn`; the result does not depend
-            on them.
+        precision, margin, knn_backend: of the kNN, see :func:`dmdl.ops.knn` (``"auto"``: the
+            fastest exact path on this hardware, :func:`dmdl.ops.knn.auto_precision`); the result
+            does not depend on them.
 
     Returns:
         ``d[i, j]`` in [0, 1] on the device of ``features``; identical (to ~1e-6) to
@@ -106,7 +107,7 @@ def jaccard_distance(features: Tensor, k1: int = 30, k2: int = 6, *, output: str
     _validate(features, k1, k2)
     if output not in ("sparse", "dense"):
         raise ValueError(f"output must be 'sparse' or 'dense', got {output!r}")
-    margin = _check_options(precision, margin, knn_backend, features.device)
+    precision, margin = _check_options(precision, margin, knn_backend, features.device)
     _load_for(features)
     x = features.detach().contiguous()
     rank, _ = _knn_int32(x, k1, precision, margin, knn_backend)
