@@ -21,11 +21,12 @@ __all__ = ["auto_precision", "knn", "knn_reference"]
 
 _PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 _BACKENDS = ("torch", "faiss")
-# Default extra candidates per row. bf16: its bound (~0.01 on the squared distance of unit rows)
-# spans about 40 neighbours past the k-th on the clustered benchmark features, so 48 certifies
-# every row there up to N = 34k (32 leaves 0.4-1.4% to a second pass); the re-scoring stops
-# early, so the unused margin costs little (bench/bench_knn.py).
-_MARGINS = {"fp32": 8, "tf32": 8, "bf16": 48}
+# Default extra candidates per row. bf16: its certificate's bound (~0.01 on the squared distance
+# of unit rows) spans ~30-40 neighbours past the k-th on clustered D = 2048 features (bench_knn.py):
+# margin 40 leaves 3 rows in 12k to a second pass (32: 56, 24: 584, 48: 0), while each extra
+# candidate costs running top-list work on every row (the re-scoring stops early, so it costs
+# little there).
+_MARGINS = {"fp32": 8, "tf32": 8, "bf16": 40}
 
 
 def _native_bf16_cpu() -> bool:
@@ -47,9 +48,9 @@ def auto_precision(device: torch.device | str = "cpu") -> str:
       Zen 4/5, Intel Cooper Lake; or AMX-BF16, Intel Sapphire Rapids and later) and oneDNN is
       enabled (``torch.backends.mkldnn``); ``"fp32"`` otherwise: on AVX2-only and AVX-512
       CPUs without BF16, a bfloat16 ``torch.mm`` is emulated and slower than fp32.
-      Measured (bench/bench_knn.py): bf16 GEMMs run ~4x the fp32 rate on Zen 5 (AVX512-BF16)
-      and ~2.5x with AMX; the bf16 certificate holds for >99% of the rows of clustered
-      D = 2048 features.
+      A bf16 ``torch.mm`` ran at ~4x the fp32 rate on an AMD Zen 5 (AVX512-BF16) and ~2.5x on
+      an AMX Xeon (2 threads), and the bf16 certificate holds for > 99.9% of the rows of
+      clustered D = 2048 features (bench/bench_knn.py).
     * CUDA: ``"bf16"`` on compute capability >= 8.0 (bf16 tensor cores, A100/H100), else
       ``"fp32"``.
 
@@ -171,7 +172,7 @@ def knn(features: Tensor, k: int, *, precision: str = "auto", margin: int | None
             :func:`auto_precision`), ``"fp32"``, ``"bf16"`` (fast on GPUs and CPUs with
             AMX/AVX512-BF16; emulated and slow on AVX2-only CPUs), ``"tf32"`` (CUDA). The lists
             do not depend on it.
-        margin: extra candidates per row (default 8 for fp32/tf32, 48 for bf16).
+        margin: extra candidates per row (default 8 for fp32/tf32, 40 for bf16).
         knn_backend: ``"torch"`` (our tiled kernel) or ``"faiss"`` (faiss ``IndexFlatL2``
             candidates, re-scored by the same certificate; needs ``faiss-cpu``).
 
