@@ -12,26 +12,16 @@ import importlib
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dmdl.ops import _library
 from dmdl.ops.jaccard import jaccard_distance
 from dmdl.ops.knn import auto_precision, knn, knn_reference
+from dmdl.testing import clustered_features
 
 knn_module = importlib.import_module("dmdl.ops.knn")  # the attribute dmdl.ops.knn is the function
 PRECISIONS = ("fp32", "bf16", "auto")
 
 pytestmark = pytest.mark.skipif(not _library.is_available(), reason="dmdl._C is not built")
-
-
-def clustered_features(n: int, d: int = 32, clusters: int | None = None, noise: float = 0.6, seed: int = 0) -> torch.Tensor:
-    """L2-normalised rows around a few random centres (the structure ReID features have)."""
-    g = torch.Generator().manual_seed(seed)
-    clusters = clusters or max(2, n // 12)
-    centres = torch.randn(clusters, d, generator=g)
-    labels = torch.randint(0, clusters, (n,), generator=g)
-    x = centres[labels] + noise * torch.randn(n, d, generator=g)
-    return F.normalize(x, dim=1)
 
 
 @pytest.fixture(autouse=True)
@@ -137,10 +127,7 @@ def test_knn_unnormalised_real_valued_features():
 def bench_like_features(n: int, d: int, seed: int = 0) -> torch.Tensor:
     """Clusters of ~20 rows with heavy noise (bench/bench_knn.py): the 30th neighbour lies in the
     dense tail of near-orthogonal rows, where distances are closely spaced."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(max(2, n // 20), d, generator=g)
-    labels = torch.randint(0, centres.shape[0], (n,), generator=g)
-    return F.normalize(centres[labels] + 0.8 * torch.randn(n, d, generator=g), dim=1)
+    return clustered_features(n, d, seed, noise=0.8, cluster_size=20)
 
 
 def test_bf16_certificate_accepts_the_rows_of_wide_clustered_features():

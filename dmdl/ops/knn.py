@@ -1,5 +1,5 @@
 """Exact k nearest neighbours by squared L2 distance (the kNN step of the k-reciprocal Jaccard
-distance, algorithm.md §A9; performance.md §1), the op family ``dmdl::knn`` / ``dmdl::knn_refine``.
+distance, docs/dmdl.md#A9; docs/decisions.md#exact-knn), the op family ``dmdl::knn`` / ``dmdl::knn_refine``.
 
 Layers: this module (public :func:`knn`, input checks, the options and the faiss backend);
 ``csrc/include/dmdl/knn.h`` (per-row building blocks and the exactness certificate, host and
@@ -184,7 +184,7 @@ def knn(features: Tensor, k: int, *, precision: str = "auto", margin: int | None
             (e.g. an unknown ``precision``).
         ImportError: ``dmdl._C`` not built, or faiss missing for ``knn_backend="faiss"``.
 
-    Source: performance.md §1 (exactness with reduced-precision candidates).
+    Source: docs/decisions.md#exact-knn (exactness with reduced-precision candidates); docs/benchmarks.md#jaccard.
     """
     _validate_features(features)
     _validate_int("k", k)
