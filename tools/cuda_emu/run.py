@@ -179,6 +179,9 @@ def main() -> int:
           [(30, "fp32", 8), (30, "tf32", 8), (30, "bf16", 32), (30, "bf16", 0), (1, "fp32", 0), (5, "bf16", 2)],
           [(20, 6), (7, 1), (25, 3)])
     check(near_tie_features(230, 40, 4), "near-ties 230x40", [(30, "fp32", 0), (40, "tf32", 1)], [(20, 6), (36, 3)])
+    # closely spaced distances: the bf16 certificate (rows' rounding residuals) holds for some rows only
+    check(clustered_features(300, 512, 5, noise=0.8, cluster_size=20), "wide clustered 300x512",
+          [(30, "bf16", 4), (30, "bf16", 40)], [])
     check(identical_rows_features(80, 8, 12), "identical-block 80x8",
           [(10, "fp32", 8), (10, "bf16", 0), (80, "fp32", 3)], [(10, 4), (10, 1), (80, 6)])
     if args.full:
