@@ -237,9 +237,10 @@ at::Tensor rescore(const at::Tensor& x, const at::Tensor& sqd, const DeviceModel
   at::Tensor failed = at::empty({m}, opt_i);
   at::Tensor nfailed = at::zeros({1}, opt_i);
   rescore_kernel<<<gpu::blocks_for_warps(m, kWarps), kThreads, 0, stream>>>(
-      x.data_ptr<float>(), n, d, sqd.data_ptr<double>(), model, rows.defined() ? rows.data_ptr<int32_t>() : nullptr, m, cand.data_ptr<int64_t>(), approx.data_ptr<float>(),
-      static_cast<int>(kc), static_cast<int>(k), sd.data_ptr<double>(), sj.data_ptr<int32_t>(),
-      rank.data_ptr<int32_t>(), failed.data_ptr<int32_t>(), nfailed.data_ptr<int32_t>());
+      x.data_ptr<float>(), n, d, sqd.data_ptr<double>(), model, rows.defined() ? rows.data_ptr<int32_t>() : nullptr, m,
+      cand.data_ptr<int64_t>(), approx.data_ptr<float>(), static_cast<int>(kc), static_cast<int>(k),
+      sd.data_ptr<double>(), sj.data_ptr<int32_t>(), rank.data_ptr<int32_t>(), failed.data_ptr<int32_t>(),
+      nfailed.data_ptr<int32_t>());
   gpu::check_launch(kOpKnn, "rescore_kernel");
   const int64_t nf = nfailed.item<int32_t>();
   return failed.narrow(0, 0, nf);

@@ -139,7 +139,8 @@ struct Bound {
 };
 
 // Row i's bound: sqi = |x_i|^2; kBF16 also hni = |h_i|, rni = |x_i - h_i| (double).
-// fp32/tf32/faiss (and kBF16 without residuals): the constant knn_delta. kBF16: with P = h_i.h_j, exact in the products,
+// fp32/tf32/faiss (and kBF16 without residuals): the constant knn_delta. kBF16: with
+// P = h_i.h_j (exact in the products; G the GEMM's value of it),
 //   c - a = (|x_j|^2 - sqf_j) - 2 (x_i.x_j - P) - 2 (G - P) + (the float32 rounding of a),
 //   |x_i.x_j - P| = |r_i.x_j + h_i.r_j| <= |r_i| max|x_j| + |h_i| max|r_j|      (Cauchy-Schwarz;
 //                  the measured residuals, not the worst-case 2^-8 |x_i| |x_j|),
