@@ -3,7 +3,8 @@
 Three contenders per (N, threads), same process, same features (clustered synthetic, D = 2048,
 k1 = 30, k2 = 6; performance.md §1):
 
-* ``ours``: ``jaccard_distance(x, output="sparse")`` (exact fp32 kNN + the sparse kernels);
+* ``ours``: ``jaccard_distance(x, output="sparse")`` (exact kNN with ``precision="auto"`` + the sparse
+  kernels; bench_knn.py compares the precisions);
 * ``reference``: the reference repositories' ``compute_jaccard_distance`` re-implemented here
   from the published algorithm the way they run it: faiss-cpu ``IndexFlatL2`` kNN (torch
   matmul + top-k when faiss is missing), then NumPy loops over rows filling dense N x N matrices;

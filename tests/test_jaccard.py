@@ -1,7 +1,7 @@
-"""Tests of the exact kNN and the k-reciprocal Jaccard distance (dmdl.ops.jaccard, algorithm.md §A9):
-compiled kernels vs the pure-PyTorch reference vs independent NumPy implementations (the
-reference repositories' dense formulation; an integer-exact kNN ranking); the sparse output
-against the dense one; DBSCAN on the sparse graph against scikit-learn on the dense matrix."""
+"""Tests of the k-reciprocal Jaccard distance (dmdl.ops.jaccard, algorithm.md §A9): compiled
+kernels vs the pure-PyTorch reference vs an independent NumPy implementation (the reference
+repositories' dense formulation); the sparse output against the dense one; DBSCAN on the sparse
+graph against scikit-learn on the dense matrix. The exact kNN underneath: tests/test_knn.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dmdl.ops import _library
-from dmdl.ops.jaccard import jaccard_distance, jaccard_distance_reference, knn, to_scipy_csr
+from dmdl.ops.jaccard import jaccard_distance, jaccard_distance_reference, to_scipy_csr
 from dmdl.pseudo_labels import dbscan_labels
 from dmdl.testing import clustered_features
 
@@ -158,93 +158,6 @@ def test_ties_broken_by_index():
     torch.testing.assert_close(dense(x, 10, 4), jaccard_distance_reference(x, 10, 4), atol=1e-5, rtol=0)
 
 
-# ---- exact kNN -------------------------------------------------------------------------------
-
-def dyadic_features(n: int, d: int = 48, seed: int = 0, near_ties: bool = True) -> tuple[torch.Tensor, np.ndarray]:
-    """Rows of integers in [-2048, 2048] scaled by 2^-11: every canonical value
-    |x_j|^2 - 2 x_i.x_j is an exact integer multiple of 2^-22 (computed below in int64), while
-    float32 GEMMs round and bfloat16 (8 bits) cannot even represent the inputs. With near_ties,
-    a third of the rows are exact duplicates and a third differ from another row by one unit
-    in one coordinate: distance gaps of ~2^-11, far below bf16's resolution."""
-    rng = np.random.default_rng(seed)
-    centres = rng.integers(-2048, 2049, size=(max(2, n // 15), d))
-    q = centres[rng.integers(0, len(centres), n)] + rng.integers(-300, 301, size=(n, d))
-    if near_ties:
-        third = n // 3
-        src = rng.integers(0, third, size=n - third)
-        q[third : 2 * third] = q[src[:third]]
-        q[2 * third :] = q[src[third:]]
-        q[2 * third :, 0] += rng.choice([-1, 1], size=n - 2 * third)
-    q = np.clip(q, -2048, 2048).astype(np.int64)
-    return torch.from_numpy(q.astype(np.float32) / 2048.0), q
-
-
-def exact_knn(q: np.ndarray, k: int) -> np.ndarray:
-    """The k smallest (|x_j|^2 - 2 x_i.x_j, j) per row, in exact integer arithmetic."""
-    sq = (q * q).sum(1)
-    c = sq[None, :] - 2 * (q @ q.T)
-    j = np.broadcast_to(np.arange(len(q)), c.shape)
-    return np.stack([np.lexsort((j[i], c[i]))[:k] for i in range(len(q))])
-
-
-@pytest.mark.parametrize("n,k,seed", [(60, 10, 0), (300, 30, 1), (500, 31, 2), (90, 90, 3)])
-def test_knn_exact_on_near_ties_for_every_precision_and_backend(n, k, seed):
-    x, q = dyadic_features(n, seed=seed)
-    expected = exact_knn(q, k)
-    for precision in ("fp32", "bf16"):
-        for margin in (0, 4, None):
-            got = knn(x, k, precision=precision, margin=margin)
-            np.testing.assert_array_equal(got.numpy(), expected, err_msg=f"{precision} margin={margin}")
-
-
-def test_knn_redoes_uncertified_rows():
-    # Without a margin the certificate cannot hold for bf16 candidates (their error bound exceeds
-    # any gap): the rows are redone by a wider fp32 pass; exact duplicates tied at the k-th place
-    # fail even in fp32 and are settled by the canonical scan.
-    x, q = dyadic_features(240, seed=4)
-    rank, stats = torch.ops.dmdl.knn(x, 12, "bf16", 0)
-    assert int(stats[0]) > 100
-    np.testing.assert_array_equal(rank.long().numpy(), exact_knn(q, 12))
-    rank, stats = torch.ops.dmdl.knn(x, 12, "fp32", 0)
-    assert int(stats[1]) > 0  # duplicates tie at the k-th place: the canonical scan settles them
-    np.testing.assert_array_equal(rank.long().numpy(), exact_knn(q, 12))
-    # clustered real-valued features: every row certified at once
-    y = clustered_features(400, d=64, seed=5)
-    _, stats = torch.ops.dmdl.knn(y, 30, "fp32", 8)
-    assert stats.tolist() == [0, 0]
-
-
-def test_knn_matches_float64_ranking_on_real_valued_features():
-    x = clustered_features(700, d=96, seed=6)
-    xd = x.double()
-    c = (xd * xd).sum(1)[None, :] - 2 * xd @ xd.t()
-    expected = torch.sort(c, dim=1, stable=True).indices[:, :30]
-    assert torch.equal(knn(x, 30), expected)
-    assert torch.equal(knn(x, 30, precision="bf16"), expected)
-
-
-def test_knn_faiss_backend_is_exact_too():
-    pytest.importorskip("faiss")
-    x, q = dyadic_features(300, seed=7)
-    np.testing.assert_array_equal(knn(x, 20, knn_backend="faiss").numpy(), exact_knn(q, 20))
-    y = clustered_features(300, seed=8)
-    assert torch.equal(jaccard_distance(y, 20, 6, knn_backend="faiss").to_dense(), jaccard_distance(y, 20, 6).to_dense())
-
-
-def test_knn_refine_rejects_bad_candidates():
-    x = clustered_features(50, seed=0)
-    cand = torch.zeros(50, 10, dtype=torch.int32)
-    approx = torch.zeros(50, 10)
-    with pytest.raises(RuntimeError, match="candidates.*outside"):
-        torch.ops.dmdl.knn_refine(x, cand + 50, approx, 5, "fp32")
-    with pytest.raises(RuntimeError, match="approx"):
-        torch.ops.dmdl.knn_refine(x, cand, approx[:, :9].contiguous(), 5, "fp32")
-    with pytest.raises(RuntimeError, match="k"):
-        torch.ops.dmdl.knn_refine(x, cand, approx, 11, "fp32")
-    with pytest.raises(RuntimeError, match="precision"):
-        torch.ops.dmdl.knn_refine(x, cand, approx, 5, "fp16")
-
-
 # ---- DBSCAN on the sparse graph ---------------------------------------------------------------
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -317,11 +230,7 @@ def test_properties():
 
 def test_opcheck():
     x = clustered_features(24, d=8, seed=3)
-    torch.library.opcheck(torch.ops.dmdl.knn.default, (x, 5, "fp32", 4))
-    torch.library.opcheck(torch.ops.dmdl.knn.default, (x, 5, "bf16", 2))
     rank, _ = torch.ops.dmdl.knn(x, 8, "fp32", 8)
-    approx = torch.randn(24, 8).sort(dim=1).values
-    torch.library.opcheck(torch.ops.dmdl.knn_refine.default, (x, rank, approx, 5, "fp32"))
     torch.library.opcheck(torch.ops.dmdl.jaccard_sparse.default, (x, rank, 3),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
@@ -353,27 +262,9 @@ def test_wrapper_errors():
 def test_op_errors_from_cpp():
     x = clustered_features(20, seed=0)
     rank, _ = torch.ops.dmdl.knn(x, 5, "fp32", 4)
-    knn_op, jac = torch.ops.dmdl.knn, torch.ops.dmdl.jaccard_sparse
-    with pytest.raises(RuntimeError, match="dmdl::knn: `features` must be float32"):
-        knn_op(x.double(), 5, "fp32", 4)
-    with pytest.raises(RuntimeError, match="`features` must be 2-D"):
-        knn_op(x[0].contiguous(), 5, "fp32", 4)
-    with pytest.raises(RuntimeError, match="`features` must be contiguous"):
-        knn_op(torch.cat([x, x], 1)[:, ::2], 5, "fp32", 4)
-    with pytest.raises(RuntimeError, match="`k` must be in"):
-        knn_op(x, 21, "fp32", 4)
-    with pytest.raises(RuntimeError, match="`margin` must be"):
-        knn_op(x, 5, "fp32", -1)
-    with pytest.raises(RuntimeError, match="`precision` must be"):
-        knn_op(x, 5, "int8", 4)
-    with pytest.raises(RuntimeError, match="tf32.*CUDA only"):
-        knn_op(x, 5, "tf32", 4)
-    with pytest.raises(RuntimeError, match="N >= 2"):
-        knn_op(x[:1], 1, "fp32", 0)
-    bad = x.clone()
-    bad[7, 2] = float("inf")
-    with pytest.raises(RuntimeError, match="`features` must be finite: row 7"):
-        knn_op(bad, 5, "fp32", 4)
+    jac = torch.ops.dmdl.jaccard_sparse
+    with pytest.raises(RuntimeError, match="dmdl::jaccard_sparse: `features` must be float32"):
+        jac(x.double(), rank, 2)
     with pytest.raises(RuntimeError, match="dmdl::jaccard_sparse: `rank` must be int32"):
         jac(x, rank.long(), 2)
     with pytest.raises(RuntimeError, match="`rank` must be \\[N, k1\\]"):
@@ -392,14 +283,10 @@ def test_wrapper_option_errors():
         jaccard_distance(x, 5, 2, output="coo")
     with pytest.raises(ValueError, match="precision"):
         jaccard_distance(x, 5, 2, precision="fp16")
-    with pytest.raises(ValueError, match="tf32.*CUDA"):
-        knn(x, 5, precision="tf32")
     with pytest.raises(ValueError, match="knn_backend"):
-        knn(x, 5, knn_backend="annoy")
+        jaccard_distance(x, 5, 2, knn_backend="annoy")
     with pytest.raises(ValueError, match="margin"):
-        knn(x, 5, margin=-2)
-    with pytest.raises(ValueError, match="k must be in"):
-        knn(x, 21)
+        jaccard_distance(x, 5, 2, margin=-2)
 
 
 def test_missing_extension_raises_import_error(monkeypatch):

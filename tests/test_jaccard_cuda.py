@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from dmdl.ops import _library
-from dmdl.ops.jaccard import jaccard_distance, jaccard_distance_reference, knn
+from dmdl.ops.jaccard import jaccard_distance, jaccard_distance_reference
+from dmdl.ops.knn import knn
 from dmdl.testing import clustered_features, identical_rows_features, near_tie_features
 
 pytestmark = pytest.mark.skipif(
@@ -51,7 +52,7 @@ def test_knn_matches_cpu(make, n, d, seed, precision, margin):
 def test_knn_small_k_and_python_api(k):
     x = clustered_features(500, 48, 7)
     want = knn(x, k)
-    for precision in ("fp32", "tf32", "bf16"):
+    for precision in ("fp32", "tf32", "bf16", "auto"):
         got = knn(x.to(DEV), k, precision=precision)
         assert got.dtype == torch.int64 and torch.equal(got.cpu(), want), precision
 
@@ -109,7 +110,7 @@ def test_jaccard_sparse_matches_cpu(make, n, d, seed, k1, k2):
 def test_jaccard_distance_dense_matches_reference():
     x = clustered_features(300, 32, 10)
     ref = jaccard_distance_reference(x, 20, 6)
-    for precision in ("fp32", "tf32", "bf16"):
+    for precision in ("fp32", "tf32", "bf16", "auto"):
         got = jaccard_distance(x.to(DEV), 20, 6, output="dense", precision=precision)
         assert got.device.type == "cuda"
         assert torch.allclose(got.cpu(), ref, rtol=0, atol=1e-5), precision

@@ -6,10 +6,12 @@
 //   2. candidates: row tiles of at::mm (fp32, or bf16 with a float32 output), the approximate
 //      values |x_j|^2 - 2 x_i.x_j in place, at::topk(k + margin, smallest). A tile holds at most
 //      kTileFloats floats. The GEMM runs with whatever precision the user's global settings give
-//      cuBLAS (never read or changed here): "fp32" and "tf32" are certified with the kTF32 bound.
+//      cuBLAS (never read or changed here): "fp32" and "tf32" are certified with the kTF32 bound;
+//      bf16 with the residuals |h_i|, |x_i - h_i| of its bfloat16 input h (row_bound).
 //   3. re-scoring: a warp per row; for each candidate the lanes stride over D (coalesced) in
 //      dot_partial_d and add their double partial sums by shuffles; one lane sorts (sort_pairs_d)
-//      and checks certified(knn_delta(...)). Failed rows go to a device list (atomic counter).
+//      and checks certified(lower_bound(row_bound(...), t)). Failed rows go to a device list
+//      (atomic counter).
 //   4. failed rows (one synchronisation to read their count): a wider candidate pass
 //      (k + 2 margin + 8, fp32 GEMM, kTF32 bound), then a canonical scan of every column (a block
 //      per group of failed rows, a warp per column, double dots, running top-k by topk_push).
@@ -26,7 +28,7 @@
 #include <tuple>
 
 #include "dmdl/gpu.cuh"
-#include "dmdl/jaccard_host.h"
+#include "dmdl/knn_host.h"
 #include "dmdl/knn.h"
 
 namespace dmdl {
@@ -66,13 +68,37 @@ __global__ void __launch_bounds__(kThreads) norms_kernel(const float* __restrict
   }
 }
 
+// The error model of the candidate GEMM with its maxima still on the device: maxima =
+// {max |x_j|^2, min and max of the float32 |x_j|^2, max |h_j|, max |x_j - h_j|} (double [5]);
+// hn/rn: the rows' |h_i|, |x_i - h_i| (bf16 with residuals), else null.
+struct DeviceModel {
+  int precision, residuals, out_rounded;
+  const double* maxima;
+  const double* hn;
+  const double* rn;
+};
+
+__device__ inline Bound device_row_bound(const DeviceModel& dm, int64_t d, const double* sqd, int64_t i) {
+  ErrorModel m{};
+  m.precision = dm.precision;
+  m.residuals = dm.residuals;
+  m.out_rounded = dm.out_rounded;
+  m.d = d;
+  m.sqmax = dm.maxima[0];
+  m.sqfmin = dm.maxima[1];
+  m.sqfmax = dm.maxima[2];
+  m.hmax = dm.maxima[3];
+  m.rmax = dm.maxima[4];
+  return dm.residuals ? row_bound(m, sqd[i], dm.hn[i], dm.rn[i]) : row_bound(m, sqd[i], 0.0, 0.0);
+}
+
 // Re-scores the kc candidates of the rows q < m (row i = rows[q], or q when rows is null): a warp
 // per row. cand/approx: [m, kc] candidate columns (from at::topk, any order) and their
 // approximate values; sd/sj: [m, kc] scratch. Writes the k first of the sorted candidates to
 // out[i, :], and appends i to failed (counter *nfailed) when the certificate does not hold.
 __global__ void __launch_bounds__(kThreads)
     rescore_kernel(const float* __restrict__ x, int64_t n, int64_t d, const double* __restrict__ sqd,
-                   const double* __restrict__ sqmax, int precision, const int32_t* __restrict__ rows, int64_t m,
+                   DeviceModel model, const int32_t* __restrict__ rows, int64_t m,
                    const int64_t* __restrict__ cand, const float* __restrict__ approx, int kc, int k, double* sd,
                    int32_t* sj, int32_t* __restrict__ out, int32_t* __restrict__ failed, int32_t* __restrict__ nfailed) {
   const int lane = threadIdx.x % gpu::kWarpSize;
@@ -97,8 +123,8 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (lane == 0) {
       sort_pairs_d(dq, jq, kc);
-      const double delta = knn_delta(d, sqd[i], *sqmax, precision);
-      if (!certified(dq, k, static_cast<double>(amax), delta, kc >= n)) failed[atomicAdd(nfailed, 1)] = static_cast<int32_t>(i);
+      const double lower_t = lower_bound(device_row_bound(model, d, sqd, i), static_cast<double>(amax));
+      if (!certified(dq, k, lower_t, kc >= n)) failed[atomicAdd(nfailed, 1)] = static_cast<int32_t>(i);
     }
     __syncwarp();
     for (int a = lane; a < k; a += gpu::kWarpSize) out[i * k + a] = jq[a];
@@ -168,37 +194,41 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // G = xa @ xb^T as float32: fp32 at::mm, or bf16 inputs with a float32 output (no bf16 rounding
-// of G; the bound allows for it anyway, so an older torch without mm.dtype falls back).
-at::Tensor gemm_float(const at::Tensor& xa, const at::Tensor& xb) {
+// of G); a torch without mm.dtype falls back to a bf16 output, and *out_rounded records it.
+at::Tensor gemm_float(const at::Tensor& xa, const at::Tensor& xb, bool* out_rounded) {
   if (xa.scalar_type() == at::kFloat) return at::mm(xa, xb.t());
   try {
     return at::mm(xa, xb.t(), at::kFloat);
   } catch (const c10::Error&) {
+    *out_rounded = true;
     return at::mm(xa, xb.t()).to(at::kFloat);
   }
 }
 
 // Candidates of the rows of xa against every row of xb (the columns): cand/approx [m, kc] get the
 // kc smallest approximate values sqf[j] - 2 G[q, j] (the CPU's float formula) and their columns.
-void candidates(const at::Tensor& xa, const at::Tensor& xb, const at::Tensor& sqf, int64_t kc, at::Tensor& cand,
+// Returns whether the GEMM output was rounded to bfloat16.
+bool candidates(const at::Tensor& xa, const at::Tensor& xb, const at::Tensor& sqf, int64_t kc, at::Tensor& cand,
                 at::Tensor& approx) {
   const int64_t m = xa.size(0), n = xb.size(0);
   const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(m, kTileFloats / n));
+  bool out_rounded = false;
   for (int64_t r0 = 0; r0 < m; r0 += tile) {
     const int64_t b = std::min(tile, m - r0);
-    at::Tensor g = gemm_float(xa.narrow(0, r0, b), xb);
+    at::Tensor g = gemm_float(xa.narrow(0, r0, b), xb, &out_rounded);
     g.mul_(-2.0).add_(sqf);  // -2 g is exact, then one rounding: bit for bit sqf - 2.f * g
     const auto top = at::topk(g, kc, /*dim=*/1, /*largest=*/false, /*sorted=*/false);
     approx.narrow(0, r0, b).copy_(std::get<0>(top));
     cand.narrow(0, r0, b).copy_(std::get<1>(top));
   }
+  return out_rounded;
 }
 
 // Re-scores the candidates of m rows (rows: int32 device list, or undefined for all rows);
 // returns the failed rows (int32 device tensor of their count; one synchronisation).
-at::Tensor rescore(const at::Tensor& x, const at::Tensor& sqd, const at::Tensor& sqmax, int precision,
-                   const at::Tensor& rows, int64_t m, const at::Tensor& cand, const at::Tensor& approx, int64_t k,
-                   at::Tensor& rank, cudaStream_t stream) {
+at::Tensor rescore(const at::Tensor& x, const at::Tensor& sqd, const DeviceModel& model, const at::Tensor& rows,
+                   int64_t m, const at::Tensor& cand, const at::Tensor& approx, int64_t k, at::Tensor& rank,
+                   cudaStream_t stream) {
   const int64_t n = x.size(0), d = x.size(1);
   const int64_t kc = cand.size(1);
   const auto opt_i = x.options().dtype(at::kInt);
@@ -207,10 +237,10 @@ at::Tensor rescore(const at::Tensor& x, const at::Tensor& sqd, const at::Tensor&
   at::Tensor failed = at::empty({m}, opt_i);
   at::Tensor nfailed = at::zeros({1}, opt_i);
   rescore_kernel<<<gpu::blocks_for_warps(m, kWarps), kThreads, 0, stream>>>(
-      x.data_ptr<float>(), n, d, sqd.data_ptr<double>(), sqmax.data_ptr<double>(), precision,
-      rows.defined() ? rows.data_ptr<int32_t>() : nullptr, m, cand.data_ptr<int64_t>(), approx.data_ptr<float>(),
-      static_cast<int>(kc), static_cast<int>(k), sd.data_ptr<double>(), sj.data_ptr<int32_t>(),
-      rank.data_ptr<int32_t>(), failed.data_ptr<int32_t>(), nfailed.data_ptr<int32_t>());
+      x.data_ptr<float>(), n, d, sqd.data_ptr<double>(), model, rows.defined() ? rows.data_ptr<int32_t>() : nullptr, m,
+      cand.data_ptr<int64_t>(), approx.data_ptr<float>(), static_cast<int>(kc), static_cast<int>(k),
+      sd.data_ptr<double>(), sj.data_ptr<int32_t>(), rank.data_ptr<int32_t>(), failed.data_ptr<int32_t>(),
+      nfailed.data_ptr<int32_t>());
   gpu::check_launch(kOpKnn, "rescore_kernel");
   const int64_t nf = nfailed.item<int32_t>();
   return failed.narrow(0, 0, nf);
@@ -251,16 +281,31 @@ std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& features, int64_t 
   norms_kernel<<<gpu::blocks_for_warps(n, kWarps), kThreads, 0, stream>>>(x.data_ptr<float>(), n, d,
                                                                           sqf.data_ptr<float>(), sqd.data_ptr<double>());
   gpu::check_launch(kOpKnn, "norms_kernel");
-  const at::Tensor sqmax = sqd.max();  // 0-d, stays on the device
 
   at::Tensor rank = at::empty({n, k}, x.options().dtype(at::kInt));
   at::Tensor failed;
+  // Maxima of the error model (DeviceModel), kept on the device: no synchronisation.
+  const at::Tensor sqf_d = sqf.to(at::kDouble);
+  at::Tensor zero = at::zeros({}, sqd.options());
+  at::Tensor maxima = at::stack({sqd.max(), sqf_d.min(), sqf_d.max(), zero, zero});
   {
     const at::Tensor xg = prec == kBF16 ? x.to(at::kBFloat16) : x;
+    DeviceModel model{bound, 0, 0, nullptr, nullptr, nullptr};
+    at::Tensor hn, rn;
+    if (prec == kBF16) {
+      // |h_i| and |x_i - h_i| in double (x - h is exact in float32: h is x rounded to 8 bits).
+      hn = at::linalg_vector_norm(xg, 2, {1}, false, at::kDouble);
+      rn = at::linalg_vector_norm(x - xg.to(at::kFloat), 2, {1}, false, at::kDouble);
+      maxima = at::stack({sqd.max(), sqf_d.min(), sqf_d.max(), hn.max(), rn.max()});
+      model.residuals = 1;
+      model.hn = hn.data_ptr<double>();
+      model.rn = rn.data_ptr<double>();
+    }
     at::Tensor cand = at::empty({n, kc}, x.options().dtype(at::kLong));
     at::Tensor approx = at::empty({n, kc}, x.options());
-    candidates(xg, xg, sqf, kc, cand, approx);
-    failed = rescore(x, sqd, sqmax, bound, at::Tensor(), n, cand, approx, k, rank, stream);
+    model.out_rounded = candidates(xg, xg, sqf, kc, cand, approx) ? 1 : 0;
+    model.maxima = maxima.data_ptr<double>();
+    failed = rescore(x, sqd, model, at::Tensor(), n, cand, approx, k, rank, stream);
   }
   int64_t wide = 0;
   if (failed.size(0) > 0) {
@@ -270,7 +315,8 @@ std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& features, int64_t 
     at::Tensor cand = at::empty({wide, kc2}, x.options().dtype(at::kLong));
     at::Tensor approx = at::empty({wide, kc2}, x.options());
     candidates(x.index_select(0, failed.to(at::kLong)), x, sqf, kc2, cand, approx);
-    failed = rescore(x, sqd, sqmax, kTF32, failed, wide, cand, approx, k, rank, stream);
+    const DeviceModel model{kTF32, 0, 0, maxima.data_ptr<double>(), nullptr, nullptr};
+    failed = rescore(x, sqd, model, failed, wide, cand, approx, k, rank, stream);
   }
   const int64_t canon = failed.size(0);
   if (canon > 0) canonical_rows(x, sqd, failed, k, rank, stream);

@@ -40,129 +40,26 @@ SYSU/LLCM features), so results match the reference for whatever is passed.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from . import _library
+from .knn import (_check_options, _knn_int32, _load_for, _validate_features, _validate_finite, _validate_int,
+                  _validate_k_range, knn)
 
 __all__ = ["jaccard_distance", "jaccard_distance_reference", "knn", "to_scipy_csr"]
 
-_PRECISIONS = ("fp32", "tf32", "bf16")
-_BACKENDS = ("torch", "faiss")
 
-
-def _validate(features: Tensor, k1: int, k2: int, k_name: str = "k1") -> None:
-    if not isinstance(features, Tensor):
-        raise TypeError(f"features must be a torch.Tensor of shape [N, D], got {type(features).__name__}")
-    if features.dim() != 2:
-        raise ValueError(f"features must be a 2-D tensor of shape [N, D], got shape {tuple(features.shape)}")
-    if features.dtype != torch.float32:
-        raise ValueError(f"features must be float32 of shape [N, D], got dtype {features.dtype}")
-    n, d = features.shape
-    if n < 2:
-        raise ValueError(f"features must have N >= 2 rows (shape [N, D]), got shape {tuple(features.shape)}")
-    if d < 1:
-        raise ValueError(f"features must have D >= 1 columns (shape [N, D]), got shape {tuple(features.shape)}")
-    for name, k in ((k_name, k1), ("k2", k2)):
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-            raise ValueError(f"{name} must be an int, got {type(k).__name__}")
-    if not 1 <= k1 <= n:
-        raise ValueError(f"{k_name} must be in [1, N] = [1, {n}] for features of shape {tuple(features.shape)}, got {k1}")
+def _validate(features: Tensor, k1: int, k2: int) -> None:
+    _validate_features(features)
+    _validate_int("k1", k1)
+    _validate_int("k2", k2)
+    _validate_k_range("k1", k1, features)
     if k2 < 1:
         raise ValueError(f"k2 must be >= 1, got {k2}")
-    if not bool(torch.isfinite(features).all()):
-        raise ValueError("features must be finite: found NaN or Inf values")
-
-
-def _check_options(precision: str, margin: int | None, backend: str, device: torch.device) -> int:
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
-    if precision == "tf32" and device.type != "cuda":
-        raise ValueError("precision='tf32' needs CUDA features (the CPU has no TF32 GEMM)")
-    if backend not in _BACKENDS:
-        raise ValueError(f"knn_backend must be one of {_BACKENDS}, got {backend!r}")
-    if margin is None:
-        margin = 32 if precision == "bf16" else 8
-    if isinstance(margin, bool) or not isinstance(margin, numbers.Integral) or margin < 0:
-        raise ValueError(f"margin must be an int >= 0, got {margin!r}")
-    return int(margin)
-
-
-def _load_for(features: Tensor):
-    lib = _library.load()
-    if features.is_cuda and not lib.cuda_compiled():
-        raise RuntimeError(
-            "features is on a CUDA device but dmdl._C was built without CUDA kernels; "
-            "rebuild with CUDA_HOME set (or DMDL_FORCE_CUDA=1), or pass CPU features"
-        )
-    return lib
-
-
-def _faiss_knn(x: Tensor, k: int, margin: int) -> Tensor:
-    """Candidates from faiss IndexFlatL2 (CPU; GPU index when faiss has GPUs), made exact by knn_refine."""
-    try:
-        import faiss  # type: ignore
-    except ImportError as exc:
-        raise ImportError("knn_backend='faiss' needs faiss: pip install faiss-cpu (or dmdl[faiss])") from exc
-    n, d = x.shape
-    kc = min(n, k + margin)
-    xn = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-    index = faiss.IndexFlatL2(d)
-    if x.is_cuda and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), x.device.index or 0, index)
-    index.add(xn)
-    dist, idx = index.search(xn, kc)
-    sq = np.einsum("ij,ij->i", xn, xn).astype(np.float32)
-    approx = torch.from_numpy(np.ascontiguousarray(dist - sq[:, None], dtype=np.float32))
-    cand = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int32))
-    x_cpu = x.detach().cpu().contiguous()
-    rank, _ = torch.ops.dmdl.knn_refine(x_cpu, cand, approx, int(k), "faiss")
-    return rank.to(x.device)
-
-
-def _knn_int32(x: Tensor, k: int, precision: str, margin: int, backend: str) -> tuple[Tensor, Tensor | None]:
-    if backend == "faiss":
-        return _faiss_knn(x, k, margin), None
-    return torch.ops.dmdl.knn(x, int(k), precision, int(margin))
-
-
-def knn(features: Tensor, k: int, *, precision: str = "fp32", margin: int | None = None,
-        knn_backend: str = "torch") -> Tensor:
-    """Exact k nearest neighbours of every row by squared L2 distance, the row itself included.
-
-    The order is ascending ``|x_i - x_j|^2`` evaluated exactly (double accumulation), ties broken
-    by the smaller index: the ranking of faiss ``IndexFlatL2`` up to its fp32 rounding. The GEMM
-    that proposes ``k + margin`` candidates per row may run in reduced precision; a rigorous error
-    bound certifies each row and uncertified rows are redone, so every ``precision`` and backend
-    returns the same lists (``csrc/include/dmdl/knn.h``).
-
-    Args:
-        features: ``[N, D]`` float32 on the CPU or a CUDA device, finite.
-        k: neighbours per row, ``1 <= k <= N``.
-        precision: candidate GEMM: ``"fp32"`` (default), ``"bf16"`` (fast on GPUs and CPUs with
-            AMX/AVX512-BF16; slow on AVX2-only CPUs), ``"tf32"`` (CUDA).
-        margin: extra candidates per row (default 8 for fp32/tf32, 32 for bf16).
-        knn_backend: ``"torch"`` (our tiled kernel) or ``"faiss"`` (faiss ``IndexFlatL2``
-            candidates, re-scored by the same certificate; needs ``faiss-cpu``).
-
-    Returns:
-        ``[N, k]`` int64 on the device of ``features``, nearest first.
-
-    Raises:
-        ValueError: wrong shape/dtype, non-finite values, ``k`` or options out of range.
-        ImportError: ``dmdl._C`` not built, or faiss missing for ``knn_backend="faiss"``.
-
-    Source: performance.md §1 (exactness with reduced-precision candidates).
-    """
-    _validate(features, k, 1, k_name="k")
-    margin = _check_options(precision, margin, knn_backend, features.device)
-    _load_for(features)
-    rank, _ = _knn_int32(features.detach().contiguous(), k, precision, margin, knn_backend)
-    return rank.long()
+    _validate_finite(features)
 
 
 def to_scipy_csr(distances: Tensor):
@@ -178,7 +75,7 @@ def to_scipy_csr(distances: Tensor):
 
 
 def jaccard_distance(features: Tensor, k1: int = 30, k2: int = 6, *, output: str = "sparse",
-                     precision: str = "fp32", margin: int | None = None, knn_backend: str = "torch") -> Tensor:
+                     precision: str = "auto", margin: int | None = None, knn_backend: str = "torch") -> Tensor:
     """k-reciprocal Jaccard distances, computed by the compiled kernels.
 
     Args:
@@ -191,8 +88,9 @@ def jaccard_distance(features: Tensor, k1: int = 30, k2: int = 6, *, output: str
             ``d = 1`` exactly. ``d = 0`` (the diagonal, duplicate rows) is stored as an explicit 0,
             which scikit-learn's ``DBSCAN(metric="precomputed")`` counts as a neighbour
             (checked in the tests); :func:`to_scipy_csr` converts it. ``"dense"``: ``[N, N]``.
-        precision, margin, knn_backend: of the kNN, see :func:`knn`; the result does not depend
-            on them.
+        precision, margin, knn_backend: of the kNN, see :func:`dmdl.ops.knn` (``"auto"``: the
+            fastest exact path on this hardware, :func:`dmdl.ops.knn.auto_precision`); the result
+            does not depend on them.
 
     Returns:
         ``d[i, j]`` in [0, 1] on the device of ``features``; identical (to ~1e-6) to
@@ -209,7 +107,7 @@ def jaccard_distance(features: Tensor, k1: int = 30, k2: int = 6, *, output: str
     _validate(features, k1, k2)
     if output not in ("sparse", "dense"):
         raise ValueError(f"output must be 'sparse' or 'dense', got {output!r}")
-    margin = _check_options(precision, margin, knn_backend, features.device)
+    precision, margin = _check_options(precision, margin, knn_backend, features.device)
     _load_for(features)
     x = features.detach().contiguous()
     rank, _ = _knn_int32(x, k1, precision, margin, knn_backend)
@@ -286,18 +184,6 @@ def jaccard_distance_reference(features: Tensor, k1: int = 30, k2: int = 6) -> T
 
 
 def _register_fake() -> None:
-    @torch.library.register_fake("dmdl::knn")
-    def _knn_fake(features: Tensor, k: int, precision: str, margin: int):
-        torch._check(features.dim() == 2, lambda: "features must be 2-D [N, D]")
-        torch._check(features.dtype == torch.float32, lambda: "features must be float32")
-        n = features.shape[0]
-        return features.new_empty((n, k), dtype=torch.int32), features.new_empty((2,), dtype=torch.int64)
-
-    @torch.library.register_fake("dmdl::knn_refine")
-    def _knn_refine_fake(features: Tensor, candidates: Tensor, approx: Tensor, k: int, precision: str):
-        n = features.shape[0]
-        return features.new_empty((n, k), dtype=torch.int32), features.new_empty((2,), dtype=torch.int64)
-
     @torch.library.register_fake("dmdl::jaccard_sparse")
     def _jaccard_sparse_fake(features: Tensor, rank: Tensor, k2: int):
         n = features.shape[0]

@@ -10,7 +10,8 @@
 // runs the row function, the GPU runs the same pieces with the items spread
 // over the lanes of a warp or the threads of a block.
 //
-// Host-side ATen helpers (input checks, CSR transpose) are in dmdl/jaccard_host.h.
+// Host-side ATen helpers: CSR transpose and rank checks in dmdl/jaccard_host.h, feature checks in
+// dmdl/knn_host.h.
 //
 // Data layout (all row-major, int32 indices, float32 values):
 //   rank  [N, kcols]  the kcols nearest neighbours of each row, nearest first, self included.
