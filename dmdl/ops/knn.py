@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dmdl.hardware import native_bf16_cpu
+
 from . import _library
 
 __all__ = ["auto_precision", "knn", "knn_reference"]
@@ -27,15 +29,6 @@ _BACKENDS = ("torch", "faiss")
 # candidate costs running top-list work on every row (the re-scoring stops early, so it costs
 # little there).
 _MARGINS = {"fp32": 8, "tf32": 8, "bf16": 40}
-
-
-def _native_bf16_cpu() -> bool:
-    """True when this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX-BF16) and oneDNN,
-    which runs ``torch.mm`` on bfloat16 CPU tensors, is available and enabled."""
-    get_caps = getattr(torch.cpu, "get_capabilities", None)
-    caps = get_caps() if get_caps is not None else {}
-    native = bool(caps.get("avx512_bf16", False) or caps.get("amx_bf16", False))
-    return native and torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
 
 
 def auto_precision(device: torch.device | str = "cpu") -> str:
@@ -65,7 +58,7 @@ def auto_precision(device: torch.device | str = "cpu") -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return "bf16" if torch.cuda.get_device_capability(index) >= (8, 0) else "fp32"
     if device.type == "cpu":
-        return "bf16" if _native_bf16_cpu() else "fp32"
+        return "bf16" if native_bf16_cpu() else "fp32"
     return "fp32"
 
 
