@@ -71,8 +71,13 @@ class RunConfig(Section):
     resume: str | None = None  # a run directory or checkpoint file to continue from
     deterministic: bool = False  # deterministic kernels: a resumed run ends as an uninterrupted one
     eval_untrained: bool = True
-    amp: bool = True  # fp16 autocast + GradScaler on CUDA (the reference's default); ignored on the CPU
-    # with amp on CUDA: the losses under fp16 autocast with TF32 matmuls too, as the released DMDL;
+    # mixed precision of the model's forward passes (training and feature extraction):
+    # "auto": fp16 autocast + GradScaler on CUDA (the released code's), bf16 autocast on a CPU that
+    #         multiplies bf16 in hardware (AVX512-BF16, AMX), float32 elsewhere;
+    # "cuda": fp16 on CUDA only (v0.4's `amp: true`); "bf16", "fp16": that dtype on any device
+    #         (fp16 on CUDA only); "off": float32 (v0.4's `amp: false`)
+    amp: str = "auto"
+    # with fp16 amp on CUDA: the losses under fp16 autocast with TF32 matmuls too, as the released DMDL;
     # false: losses in fp32 (the model's forward stays under autocast)
     amp_losses: bool = True
     # "reference": every memory read's gradient is taken against the memory as it stands when the
@@ -83,8 +88,13 @@ class RunConfig(Section):
     # model selection (algorithm.md §A1.2 step 9): also report the epoch with the best TEST mAP (the reference's leak)
     select_on_test: bool = False
 
+    def __post_init__(self) -> None:
+        legacy = {"true": "cuda", "false": "off"}  # v0.4 saved amp as a bool
+        self.amp = legacy.get(str(self.amp).lower(), self.amp)
+
     def check(self, cfg: "Config") -> None:
         one_of(self, "memory_semantics", ("reference", "forward"))
+        one_of(self, "amp", ("auto", "cuda", "bf16", "fp16", "off"))
 
 
 @dataclass

@@ -269,3 +269,24 @@ def test_a_config_json_of_the_flat_version_still_reads():
     assert load_config(old_mult, ["--k1", "7"]).clustering.k1 == 7
     with pytest.raises(ValueError, match="--lambda-cai is a key of method dmdl"):
         config_from_saved(dict(old_mult, lambda_cai=0.9))
+
+
+def test_amp_auto_is_fp16_on_cuda_and_bf16_only_on_cpus_that_multiply_it_natively(monkeypatch):
+    import torch
+
+    from dmdl.training.context import amp_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert amp_dtype("auto", cuda) is torch.float16 and amp_dtype("cuda", cuda) is torch.float16
+    assert amp_dtype("cuda", cpu) is None and amp_dtype("off", cuda) is None and amp_dtype("bf16", cpu) is torch.bfloat16
+    for caps, want in (({"avx2": True}, None), ({"avx512f": True, "avx512_bf16": False}, None),
+                       ({"avx512f": True, "avx512_bf16": True}, torch.bfloat16), ({"amx_bf16": True}, torch.bfloat16)):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: dict(caps))
+        assert amp_dtype("auto", cpu) is want, caps
+    with pytest.raises(ValueError, match="amp: fp16 needs a CUDA device"):
+        amp_dtype("fp16", cpu)
+    # v0.4 saved amp as a bool: true meant fp16 on CUDA only, false float32
+    assert load_config("regdb", ["--amp", "true"]).run.amp == "cuda"
+    assert load_config("regdb", ["--amp", "false"]).run.amp == "off"
+    with pytest.raises(ValueError, match="amp must be"):
+        load_config("regdb", ["--amp", "fp8"])

@@ -349,7 +349,7 @@ def test_loss_precision_is_fp16_autocast_with_tf32_only_when_asked():
     from dmdl.training.context import RunContext, _tf32_autocast
 
     ctx = RunContext(model=torch.nn.Linear(2, 2), device=torch.device("cpu"), train={}, height=1, width=1,
-                     batch_size=1, amp=False, amp_losses=True)
+                     batch_size=1, amp_dtype=None, amp_losses=True)
     with ctx.loss_precision():  # amp is off (always on the CPU): the losses stay float32
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

@@ -2,7 +2,7 @@
 earlier version of the code, so that a refactoring that changes behaviour fails here.
 
 Each run trains on conftest's toy RegDB (12 ids) with ``--deterministic`` on one thread, with the
-switches that give v0.4's behaviour (``--memory-semantics forward --resize bicubic``, DMDL's
+switches that give v0.4's behaviour (``--memory-semantics forward --resize bicubic --amp cuda``, DMDL's
 ``--inter-sampler redraw``): DMDL for
 1 + 3 epochs (stage 2 with both anchors, the refined targets from epoch 1, the paired
 inter-modality epoch 2, two ghost-BN groups), MULT for 1 + 2 epochs (both unified label spaces).
@@ -33,7 +33,7 @@ TINY = ["--height", "64", "--width", "32", "--iters", "2", "--batch-size", "16",
         "--k1", "6", "--k2", "2", "--eps", "0.5", "--workers", "0", "--eval-untrained", "false",
         "--deterministic", "true",
         # v0.4's behaviour where v0.5 follows the released code by default (README, Decisions)
-        "--memory-semantics", "forward", "--resize", "bicubic"]
+        "--memory-semantics", "forward", "--resize", "bicubic", "--amp", "cuda"]
 RUNS = {
     "dmdl": ("regdb-cpu", ["--stage1-epochs", "1", "--stage2-epochs", "3", "--refine-from-stage2", "1",
                            "--inter-modality-from", "2", "--ghost-bn-groups", "2", "--inter-sampler", "redraw"]),

@@ -28,6 +28,7 @@ from dmdl.config import Config
 from dmdl.data.check import available_cores
 from dmdl.data.records import ImageRecord
 from dmdl.features import extract_features
+from dmdl.hardware import native_bf16_cpu
 from dmdl.modalities import MODALITIES
 from dmdl.models.from_config import build_model_from_config
 
@@ -79,13 +80,14 @@ class RunContext:
         batch_size: the per-modality training batch (also the extraction batch, at least 32).
         workers: DataLoader workers (capped at the CPU cores).
         image_cache: a dict of decoded images shared by every loader, or False.
-        amp: fp16 autocast on CUDA (never on the CPU).
-        scaler: the gradient scaler (enabled with ``amp``); it lives for the whole run.
+        amp_dtype: the autocast dtype of the model's forward passes (``torch.float16`` on CUDA,
+            ``torch.bfloat16``), or None: float32 (:func:`amp_dtype`).
+        scaler: the gradient scaler (enabled with fp16 autocast); it lives for the whole run.
         bn_groups: ghost BatchNorm groups of the model (0/1: none); a training batch is laid out in
             the reference's DataParallel replica order before the forward pass.
         channels_last: the model's memory format.
         interpolation: the resize of the clustering (and test) images, ``Config.resize()``.
-        amp_losses: with ``amp``, the losses too run under fp16 autocast with TF32 matmuls
+        amp_losses: with fp16 autocast on CUDA, the losses too run under it with TF32 matmuls
             (:meth:`loss_precision`).
         optimizer: the optimizer of the current stage (the engine sets it).
     """
@@ -98,7 +100,7 @@ class RunContext:
     batch_size: int
     workers: int = 0
     image_cache: dict | bool = False
-    amp: bool = False
+    amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cuda", enabled=False))
     bn_groups: int = 0
     channels_last: bool = False
@@ -109,25 +111,30 @@ class RunContext:
     def features(self, modality: str, renormalize: bool, flip: bool = True) -> torch.Tensor:
         """Eval-mode features of a modality's training images, flip-averaged unless ``flip`` is
         False (§A1.2; MULT §B1 does not flip); a two-stream model runs them through that
-        modality's stem (§B1). fp16 autocast on CUDA with ``amp`` (§A1.2).
+        modality's stem (§B1). Under autocast with ``amp_dtype`` (fp16 on CUDA as §A1.2).
 
         Returns:
             (N_modality, D) float32 on ``device``; L2-renormalised when asked.
         """
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with self.autocast():
             return extract_features(
                 self.model, [r.path for r in self.train[modality]], self.height, self.width, self.device,
                 batch_size=max(self.batch_size, 32), workers=self.workers, desc=f"features {modality}",
                 cache=self.image_cache, renormalize=renormalize, flip=flip, modality=modality,
-                interpolation=self.interpolation)
+                interpolation=self.interpolation, channels_last=self.channels_last)
 
     def loss_precision(self):
         """The context of a step's loss computation: fp16 autocast with TF32 matmuls on CUDA when
-        ``amp`` and ``amp_losses`` are on (the released DMDL computes every loss, memory logit, MMD
-        and triplet so); otherwise the losses run in the features' float32."""
-        if not (self.amp and self.amp_losses):
+        fp16 autocast and ``amp_losses`` are on (the released DMDL computes every loss, memory
+        logit, MMD and triplet so); otherwise the losses run in the features' float32."""
+        if not (self.amp_dtype == torch.float16 and self.device.type == "cuda" and self.amp_losses):
             return contextlib.nullcontext()
         return _tf32_autocast(self.device)
+
+    def autocast(self):
+        """Autocast with ``amp_dtype`` on the context's device (a no-op without it)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
 
     def label_quality(self, modalities: Sequence[str], labels: np.ndarray) -> float:
         """Adjusted Rand index of pseudo-labels (the modalities' samples, concatenated) against the
@@ -137,6 +144,22 @@ class RunContext:
         labels = np.asarray(labels)
         keep = labels >= 0
         return float(adjusted_rand_score(pids[keep], labels[keep])) if keep.sum() > 1 else float("nan")
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run's ``amp`` setting on ``device`` (see :class:`dmdl.config.RunConfig`):
+    ``auto`` is fp16 on CUDA, bf16 on a CPU with native bf16 (:func:`dmdl.hardware.native_bf16_cpu`),
+    else None (float32).
+
+    Raises:
+        ValueError: ``fp16`` on a device other than CUDA (CPU fp16 autocast is emulated and slow).
+    """
+    cuda = device.type == "cuda"
+    if setting == "auto":
+        return torch.float16 if cuda else torch.bfloat16 if native_bf16_cpu() else None
+    if setting == "fp16" and not cuda:
+        raise ValueError(f"amp: fp16 needs a CUDA device, this run's is {device}; use bf16 or auto")
+    return {"cuda": torch.float16 if cuda else None, "fp16": torch.float16, "bf16": torch.bfloat16}.get(setting)
 
 
 @contextlib.contextmanager
@@ -168,13 +191,13 @@ def build_context(cfg: Config, train: dict[str, list[ImageRecord]]) -> RunContex
         from dmdl.models.ghost_bn import convert_ghost_batchnorm
 
         convert_ghost_batchnorm(model, cfg.model.ghost_bn_groups)
-    amp = cfg.run.amp and device.type == "cuda"
+    dtype = amp_dtype(cfg.run.amp, device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return RunContext(model=model, device=device, train=train, height=cfg.data.height, width=cfg.data.width,
                       batch_size=cfg.data.batch_size, workers=workers,
-                      image_cache={} if cfg.data.cache_images else False, amp=amp,
-                      scaler=torch.amp.GradScaler("cuda", enabled=amp), bn_groups=cfg.model.ghost_bn_groups,
+                      image_cache={} if cfg.data.cache_images else False, amp_dtype=dtype,
+                      scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16), bn_groups=cfg.model.ghost_bn_groups,
                       channels_last=cfg.model.channels_last, interpolation=cfg.resize(),
                       amp_losses=cfg.run.amp_losses)
 
@@ -194,4 +217,4 @@ def training_records(dataset, max_images: int | None, root) -> dict[str, list[Im
 
 
 __all__ = ["RunContext", "build_context", "training_records", "seed_everything", "set_deterministic",
-           "resolve_device"]
+           "resolve_device", "amp_dtype"]

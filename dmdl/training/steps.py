@@ -109,8 +109,8 @@ def forward_views(ctx: RunContext, views: list[Tensor], infrared: Tensor) -> Ten
     """The model on one training batch: rows concatenated in the order of ``views``, each row
     through its modality's stem when the model is two-stream (§B2), laid out in the reference's
     DataParallel replica order when the model has ghost BatchNorm groups (so that every group
-    sees what one of its replicas saw), in the model's memory format, under fp16 autocast on CUDA
-    with ``amp``.
+    sees what one of its replicas saw), in the model's memory format, under the run's autocast
+    (:meth:`RunContext.autocast`).
 
     Args:
         views: image batches (B_i, 3, H, W) on any device, concatenated in this order.
@@ -129,7 +129,7 @@ def forward_views(ctx: RunContext, views: list[Tensor], infrared: Tensor) -> Ten
         perm = replica_order(infrared, ctx.bn_groups)
         x, infrared = x[perm], infrared[perm]
     args = (infrared,) if getattr(ctx.model, "two_stream", False) else ()
-    with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=ctx.amp):
+    with ctx.autocast():
         out = ctx.model(x, *args)
     out = out.float()
     return out if perm is None else out[torch.argsort(perm)]
