@@ -9,8 +9,12 @@ inter-modality epoch 2, two ghost-BN groups), MULT for 1 + 2 epochs (both unifie
 
 What must hold on any CPU (AVX2 and AVX-512 round differently): every epoch's cluster counts,
 outliers, unified ids, association and the pseudo-label ARI (equal labels give equal ARI), the last
-epoch's pseudo-labels (their MD5), the losses within 1e-4 relative, the trained model's metrics to
-the second decimal.
+epoch's pseudo-labels (their MD5), the losses within 1e-3 relative, the trained model's metrics
+within 0.1 points. The runs use a learning rate of 2e-5: Adam's first steps move every weight by
+about the learning rate whatever the size of its gradient, so a gradient that is zero but for float
+rounding (a bias followed by BatchNorm) takes a step of +-lr whose sign is the rounding's; at the
+presets' 3.5e-4 two thread counts (a stand-in for two CPUs) already part after two steps, at 2e-5
+their losses stay within 2.4e-4 of each other and their labels equal (measured here).
 
 ``python tests/test_reference_runs.py`` prints the values of the current code in the form of
 ``RECORDED`` (to record them again after an intended change of behaviour, say so in the commit).
@@ -33,7 +37,8 @@ TINY = ["--height", "64", "--width", "32", "--iters", "2", "--batch-size", "16",
         "--k1", "6", "--k2", "2", "--eps", "0.5", "--workers", "0", "--eval-untrained", "false",
         "--deterministic", "true",
         # v0.4's behaviour where v0.5 follows the released code by default (README, Decisions)
-        "--memory-semantics", "forward", "--resize", "bicubic", "--amp", "cuda"]
+        "--memory-semantics", "forward", "--resize", "bicubic", "--amp", "cuda",
+        "--lr", "2e-5"]  # see the module docstring
 RUNS = {
     "dmdl": ("regdb-cpu", ["--stage1-epochs", "1", "--stage2-epochs", "3", "--refine-from-stage2", "1",
                            "--inter-modality-from", "2", "--ghost-bn-groups", "2", "--inter-sampler", "redraw"]),
@@ -74,25 +79,25 @@ def run_reference(name: str, data_root: str, out: Path) -> dict:
     return {"log": rows, "labels": labels, "trained": trained}
 
 
-RECORDED = {  # recorded from main 0d9aac1 (v0.4.0) on an AMD EPYC (Zen 5, AVX-512), 1 thread
+RECORDED = {  # recorded from main 1d100b0 (v0.4.0's code) on an AMD EPYC (Zen 5, AVX-512), 1 thread
     'dmdl': {
         "log": [
-            {"stage": "1", "epoch": "0", "lr": "0.00035", "clusters_visible": "6", "outliers_visible": "24", "ari_visible": "1.0", "clusters_infrared": "5", "outliers_infrared": "34", "ari_infrared": "0.9137015400955921", "loss": "4.919813871383667", "loss_id": "4.896189451217651", "loss_cai": "0.0", "loss_cross": "0.0", "loss_triplet": "0.0", "loss_mmd": "0.023624420166015625"},
-            {"stage": "2", "epoch": "0", "lr": "0.00035", "clusters_visible": "6", "outliers_visible": "22", "ari_visible": "1.0", "clusters_infrared": "6", "outliers_infrared": "28", "ari_infrared": "0.7233478051133623", "unified_ids": "6", "ari_unified": "0.45070071844718335", "matching": "imca->infrared", "loss": "22.954981803894043", "loss_id": "4.223922610282898", "loss_cai": "4.413728356361389", "loss_cross": "0.0", "loss_triplet": "33.11874008178711", "loss_mmd": "-0.035175323486328125"},
-            {"stage": "2", "epoch": "1", "lr": "0.00035", "clusters_visible": "7", "outliers_visible": "20", "ari_visible": "0.872275971234802", "clusters_infrared": "6", "outliers_infrared": "31", "ari_infrared": "0.7408943793590738", "unified_ids": "7", "ari_unified": "0.27368178391134346", "matching": "imca->visible", "certainty_visible": "0.8999999761581421", "certainty_infrared": "1.0", "loss": "19.014925956726074", "loss_id": "3.428467273712158", "loss_cai": "3.8187007904052734", "loss_cross": "0.0", "loss_triplet": "27.49653720855713", "loss_mmd": "-0.07116007804870605"},
-            {"stage": "2", "epoch": "2", "lr": "0.00035", "clusters_visible": "8", "outliers_visible": "13", "ari_visible": "0.8264011562550184", "clusters_infrared": "4", "outliers_infrared": "39", "ari_infrared": "0.6629986244841816", "unified_ids": "4", "ari_unified": "0.3324611605555858", "matching": "imca->infrared", "certainty_visible": "1.0", "certainty_infrared": "0.9526561498641968", "loss": "46.50844383239746", "loss_id": "2.98785138130188", "loss_cai": "3.2235536575317383", "loss_cross": "0.0", "loss_triplet": "41.98490905761719", "loss_mmd": "-0.07609355449676514"},
+            {"stage": "1", "epoch": "0", "lr": "2e-05", "clusters_visible": "6", "outliers_visible": "24", "ari_visible": "1.0", "clusters_infrared": "5", "outliers_infrared": "34", "ari_infrared": "0.9137015400955921", "loss": "5.023669719696045", "loss_id": "4.979708433151245", "loss_cai": "0.0", "loss_cross": "0.0", "loss_triplet": "0.0", "loss_mmd": "0.043961286544799805"},
+            {"stage": "2", "epoch": "0", "lr": "2e-05", "clusters_visible": "7", "outliers_visible": "18", "ari_visible": "0.8878711581871853", "clusters_infrared": "7", "outliers_infrared": "27", "ari_infrared": "0.6105544422177689", "unified_ids": "7", "ari_unified": "0.21007042449032473", "matching": "imca->infrared", "loss": "23.215624809265137", "loss_id": "3.5806357860565186", "loss_cai": "3.8735369443893433", "loss_cross": "0.0", "loss_triplet": "35.471519470214844", "loss_mmd": "-0.037538886070251465"},
+            {"stage": "2", "epoch": "1", "lr": "2e-05", "clusters_visible": "7", "outliers_visible": "19", "ari_visible": "0.8838568039375376", "clusters_infrared": "7", "outliers_infrared": "28", "ari_infrared": "0.5890959109666125", "unified_ids": "7", "ari_unified": "0.20503371244790183", "matching": "imca->visible", "certainty_visible": "0.7560974955558777", "certainty_infrared": "0.9062486290931702", "loss": "23.369866371154785", "loss_id": "3.6995667219161987", "loss_cai": "4.550017595291138", "loss_cross": "0.0", "loss_triplet": "34.91201400756836", "loss_mmd": "-0.06071627140045166"},
+            {"stage": "2", "epoch": "2", "lr": "2e-05", "clusters_visible": "7", "outliers_visible": "15", "ari_visible": "0.9008785762559135", "clusters_infrared": "8", "outliers_infrared": "24", "ari_infrared": "0.5590800439304865", "unified_ids": "8", "ari_unified": "0.2984229720470956", "matching": "imca->infrared", "certainty_visible": "0.8321316242218018", "certainty_infrared": "0.6614508628845215", "loss": "68.3115177154541", "loss_id": "4.709355592727661", "loss_cai": "5.843693494796753", "loss_cross": "0.0", "loss_triplet": "60.735103607177734", "loss_mmd": "-0.05478954315185547"},
         ],
-        "labels": {"infrared": "e1e2fb81d468e6a9b3d41a2698e8453a", "visible": "c04cfca70aeeb41abf6cd3864784f6b4"},
-        "trained": {"v2t": {"rank1": 21.6667, "rank5": 71.6667, "rank10": 83.3333, "rank20": 91.6667, "mAP": 28.5052, "mINP": 22.3704}, "t2v": {"rank1": 28.3333, "rank5": 60.0, "rank10": 76.6667, "rank20": 93.3333, "mAP": 33.7133, "mINP": 21.6463}},
+        "labels": {"infrared": "3af2192cc61f70abd2759ec7f9990e70", "visible": "81974cd6607301317e37fb64782264a0"},
+        "trained": {"v2t": {"rank1": 20.0, "rank5": 61.6667, "rank10": 93.3333, "rank20": 100.0, "mAP": 26.7338, "mINP": 21.5889}, "t2v": {"rank1": 35.0, "rank5": 53.3333, "rank10": 76.6667, "rank20": 88.3333, "mAP": 35.0771, "mINP": 20.8272}},
     },
     'mult': {
         "log": [
-            {"stage": "1", "epoch": "0", "lr": "0.00035", "clusters_visible": "7", "outliers_visible": "19", "ari_visible": "0.9004262243324307", "clusters_infrared": "9", "outliers_infrared": "19", "ari_infrared": "0.6582519647535128", "loss": "10.033122539520264", "loss_ms": "10.033122539520264", "loss_ma": "0.0", "loss_oclr": "0.0"},
-            {"stage": "2", "epoch": "0", "lr": "0.00035", "clusters_visible": "6", "outliers_visible": "16", "ari_visible": "1.0", "clusters_infrared": "6", "outliers_infrared": "32", "ari_infrared": "0.4116778861730084", "unified_ids": "6", "ari_unified": "0.46918402208911664", "matching": "mult->rgb", "loss": "32.480770111083984", "loss_ms": "10.689161539077759", "loss_ma": "8.28325366973877", "loss_oclr": "13.508354187011719", "transfer_iterations": "6+6"},
-            {"stage": "2", "epoch": "1", "lr": "0.00035", "clusters_visible": "6", "outliers_visible": "25", "ari_visible": "0.919270737028956", "clusters_infrared": "3", "outliers_infrared": "48", "ari_infrared": "0.037993446715556246", "unified_ids": "3", "ari_unified": "0.0635494636221036", "matching": "mult->ir", "loss": "21.53221607208252", "loss_ms": "9.058440685272217", "loss_ma": "4.381216287612915", "loss_oclr": "8.092559099197388", "transfer_iterations": "5+6"},
+            {"stage": "1", "epoch": "0", "lr": "2e-05", "clusters_visible": "7", "outliers_visible": "19", "ari_visible": "0.9004262243324307", "clusters_infrared": "9", "outliers_infrared": "19", "ari_infrared": "0.6582519647535128", "loss": "10.08756685256958", "loss_ms": "10.08756685256958", "loss_ma": "0.0", "loss_oclr": "0.0"},
+            {"stage": "2", "epoch": "0", "lr": "2e-05", "clusters_visible": "7", "outliers_visible": "19", "ari_visible": "0.8818528733895039", "clusters_infrared": "6", "outliers_infrared": "32", "ari_infrared": "0.2749863462588749", "unified_ids": "7", "ari_unified": "0.45839580209895053", "matching": "mult->rgb", "loss": "36.335702896118164", "loss_ms": "11.839828968048096", "loss_ma": "8.647767066955566", "loss_oclr": "15.84810495376587", "transfer_iterations": "6+6"},
+            {"stage": "2", "epoch": "1", "lr": "2e-05", "clusters_visible": "6", "outliers_visible": "23", "ari_visible": "0.8847103933930612", "clusters_infrared": "3", "outliers_infrared": "46", "ari_infrared": "0.28887629094673534", "unified_ids": "3", "ari_unified": "0.22460767775903492", "matching": "mult->ir", "loss": "23.024588584899902", "loss_ms": "10.869556903839111", "loss_ma": "4.8691794872283936", "loss_oclr": "7.285852909088135", "transfer_iterations": "5+6"},
         ],
-        "labels": {"cm_label1": "2fad15651ecb92bc39b5000b93c2c844", "cm_label2": "7d90f095dd47d6b19244d4d3ae14e2f6", "label1": "82ca376a08a2df8ee0b66d71129abe8b", "label2": "325908ff08e3c84df0d89fc305fbc645"},
-        "trained": {"v2t": {"rank1": 1.6667, "rank5": 58.3333, "rank10": 76.6667, "rank20": 88.3333, "mAP": 26.3383, "mINP": 21.5566}, "t2v": {"rank1": 18.3333, "rank5": 53.3333, "rank10": 78.3333, "rank20": 90.0, "mAP": 26.2867, "mINP": 19.3667}},
+        "labels": {"cm_label1": "dbe4bb8da35d7f18ba296c045dcdef45", "cm_label2": "ee3ac1f166825d4d71dcd71d4d605f54", "label1": "f7f9bb7764b351bd383ffb2a4c4a2eed", "label2": "d3c3454d4084b401fe2ab671c9127fd5"},
+        "trained": {"v2t": {"rank1": 10.0, "rank5": 56.6667, "rank10": 76.6667, "rank20": 83.3333, "mAP": 27.7894, "mINP": 21.4758}, "t2v": {"rank1": 28.3333, "rank5": 46.6667, "rank10": 65.0, "rank20": 93.3333, "mAP": 32.698, "mINP": 22.0446}},
     },
 }
 
@@ -110,11 +115,11 @@ def test_reference_run_is_unchanged(name, toy_regdb, tmp_path):
                 assert float(g[k]) == pytest.approx(float(w[k]), abs=1e-9), f"{where}: {k}"
         for k in LOSSES:
             if k in w:
-                assert float(g[k]) == pytest.approx(float(w[k]), rel=1e-4, abs=1e-6), f"{where}: {k}"
+                assert float(g[k]) == pytest.approx(float(w[k]), rel=1e-3, abs=1e-6), f"{where}: {k}"
     assert got["labels"] == want["labels"]
     for d in ("v2t", "t2v"):
         for k, v in want["trained"][d].items():
-            assert got["trained"][d][k] == pytest.approx(v, abs=0.01), f"trained {d} {k}"
+            assert got["trained"][d][k] == pytest.approx(v, abs=0.1), f"trained {d} {k}"
 
 
 if __name__ == "__main__":  # print the current code's values (see the module docstring)

@@ -12,7 +12,7 @@ from PIL import Image
 from dmdl.features import extract_features
 from dmdl.models import AGW, MobileNetV2ReID, TwoStream, build_model, load_pretrained
 from dmdl.models import weights as weights_mod
-from dmdl.models.ghost_bn import convert_ghost_batchnorm, dataparallel_order
+from dmdl.models.ghost_bn import replica_forward, replica_order
 
 X = (6, 3, 64, 32)
 MIXED = torch.tensor([0, 1, 1, 0, 1, 0])
@@ -191,12 +191,12 @@ def test_gradients_reach_only_the_used_stem(model):
 def test_ghost_bn_and_dataparallel_order():
     # the DMDL step's layout: [visible; infrared] permuted into replica groups, routed by a mask
     torch.manual_seed(0)
-    ts = convert_ghost_batchnorm(_build("resnet18", non_local=False), 2).train()
+    ts = _build("resnet18", non_local=False).train()
     n = 4
     x = torch.randn(2 * n, 3, 64, 32)
-    perm = dataparallel_order(n, 2)
+    perm = replica_order(torch.arange(2 * n) >= n, 2)
     infrared = (torch.arange(2 * n) >= n)[perm]
-    out = ts(x[perm], infrared)[torch.argsort(perm)]
+    out = replica_forward(ts, x[perm], 2, infrared)[torch.argsort(perm)]
     assert out.shape == (2 * n, 512) and torch.isfinite(out).all()
     _perturb(ts.stem_infrared)
     ts.eval()  # the permuted mask still sends every row to its own stem

@@ -1,76 +1,82 @@
-"""Ghost BatchNorm: batch statistics over fixed groups of the batch (algorithm.md §A2).
+"""Ghost BatchNorm: the BatchNorm statistics of a multi-GPU DataParallel run, on one device
+(algorithm.md §A2).
 
-DMDL's reference run wraps the model in ``nn.DataParallel`` on 4 GPUs without SyncBN, so every
-BatchNorm layer normalises each GPU's quarter of the batch with that quarter's statistics, and
-the running statistics that survive are those of replica 0 (DataParallel copies the module
-from device 0 before every forward and discards the replicas' buffers). A single GPU sees one
-set of statistics over the whole batch, a known source of GPU-count-dependent results (PGM
-issue #1). :func:`convert_ghost_batchnorm` makes one device reproduce the multi-GPU statistics:
-in training, a ``groups``-way split of the batch along dim 0, each group normalised with its
-own statistics, running statistics updated from group 0 only. Evaluation is unchanged.
-
-The layers keep their class's state-dict keys (the class of each BN module is swapped in
-place), so checkpoints and pretrained weights load as before. The caller orders the batch so
-that contiguous groups are the replicas' inputs (see :func:`dataparallel_order`).
+DMDL's reference run wraps the model in ``nn.DataParallel`` on 4 GPUs without SyncBN: every replica
+runs the whole model on its chunk of the batch, so every BatchNorm layer normalises each GPU's
+quarter of the batch with that quarter's statistics, and the running statistics that survive are
+those of replica 0 (DataParallel copies the module from device 0 before every forward and discards
+the replicas' buffers). A single GPU sees one set of statistics over the whole batch, a known source
+of GPU-count-dependent results (PGM issue #1). :func:`replica_forward` runs the model as the
+replicas do: once per group of the batch (laid out by :func:`replica_order`), the running
+statistics updated by group 0 only. Evaluation is unchanged. A distributed run forwards each
+process's groups the same way (:mod:`dmdl.training.distributed`), which is what makes its result
+the one-process result, to the bit with two groups.
 """
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class _GhostMixin:
-    ghost_groups: int = 1
-
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        g = self.ghost_groups
-        if not self.training or g <= 1:
-            return super().forward(x)
-        if x.shape[0] % g:
-            raise ValueError(f"ghost BatchNorm: batch of {x.shape[0]} is not divisible into {g} groups")
-        chunks = x.chunk(g)
-        out = [super().forward(chunks[0])]  # replica 0: updates the running statistics
-        for c in chunks[1:]:
-            out.append(F.batch_norm(c, None, None, self.weight, self.bias, True, 0.0, self.eps))
-        return torch.cat(out)
-
-
-class GhostBatchNorm1d(_GhostMixin, nn.BatchNorm1d):
-    """BatchNorm1d with ghost groups (see the module docstring)."""
+@contextlib.contextmanager
+def frozen_running_stats(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of ``model`` normalise with batch statistics but leave their running
+    statistics (and ``num_batches_tracked``) untouched inside the block: a DataParallel replica
+    other than 0, whose buffers are discarded."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.track_running_stats = True
 
 
-class GhostBatchNorm2d(_GhostMixin, nn.BatchNorm2d):
-    """BatchNorm2d with ghost groups (see the module docstring)."""
+def replica_forward(model: nn.Module, x: Tensor, groups: int, *args: Tensor) -> Tensor:
+    """``model`` on ``groups`` contiguous chunks of ``x`` (and of each per-row tensor in ``args``,
+    e.g. a two-stream model's modality mask), outputs concatenated: each chunk normalised by its own
+    batch statistics, the running statistics updated by chunk 0 only, as DataParallel's replicas.
 
-
-def convert_ghost_batchnorm(model: nn.Module, groups: int) -> nn.Module:
-    """Make every ``BatchNorm1d``/``BatchNorm2d`` of ``model`` a ghost BatchNorm with ``groups``
-    groups, in place (parameters, buffers and state-dict keys unchanged); returns ``model``.
+    Args:
+        x: (B, ...) with B divisible by ``groups``, already laid out (:func:`replica_order`).
+        groups: >= 1 (1: one plain forward).
 
     Raises:
-        ValueError: ``groups`` < 1.
+        ValueError: B not divisible by ``groups``.
     """
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
-    for mod in model.modules():
-        if type(mod) is nn.BatchNorm2d or isinstance(mod, GhostBatchNorm2d):
-            mod.__class__ = GhostBatchNorm2d
-        elif type(mod) is nn.BatchNorm1d or isinstance(mod, GhostBatchNorm1d):
-            mod.__class__ = GhostBatchNorm1d
-        else:
-            continue
-        mod.ghost_groups = groups
-    return model
+    if groups <= 1:
+        return model(x, *args)
+    if x.shape[0] % groups:
+        raise ValueError(f"ghost BatchNorm: a batch of {x.shape[0]} rows is not divisible into {groups} groups")
+    outs = []
+    for k, chunk in enumerate(zip(x.chunk(groups), *(a.chunk(groups) for a in args))):
+        with frozen_running_stats(model) if k else contextlib.nullcontext():
+            outs.append(model(*chunk))
+    return torch.cat(outs)
+
+
+class Replicas(nn.Module):
+    """``model`` run as :func:`replica_forward` runs it: one module call (what DistributedDataParallel
+    wraps, so that a process's several groups are one forward before one backward)."""
+
+    def __init__(self, model: nn.Module, groups: int):
+        super().__init__()
+        self.model, self.groups = model, groups
+
+    def forward(self, x: Tensor, *args: Tensor) -> Tensor:
+        return replica_forward(self.model, x, self.groups, *args)
 
 
 def replica_order(infrared: Tensor, groups: int) -> Tensor:
     """Permutation of a batch whose rows are visible (``infrared`` False) or infrared into
     DataParallel's replica layout when the model is called with the two modalities as separate
     inputs: replica k gets chunk k of the visible rows, then chunk k of the infrared rows (each
-    in batch order). With ``n`` visible rows followed by ``n`` infrared rows this is
-    :func:`dataparallel_order` ``(n, groups)``.
+    in batch order); e.g. with 2 visible rows then 2 infrared rows and 2 groups, ``[0, 2, 1, 3]``.
 
     Args:
         infrared: (N,) bool, the rows' modality.
@@ -89,20 +95,4 @@ def replica_order(infrared: Tensor, groups: int) -> Tensor:
     return torch.cat([torch.cat(pair) for pair in zip(vis.chunk(groups), ir.chunk(groups))])
 
 
-def dataparallel_order(batch: int, groups: int) -> Tensor:
-    """Permutation of a ``[x1; x2]`` batch (x1 = visible rows, x2 = infrared rows, ``batch``
-    each) into DataParallel's replica layout: replica k gets chunk k of x1 then chunk k of x2.
-
-    Returns:
-        (2 * batch,) int64 permutation ``p``; ``model(x[p])`` then ``out[argsort(p)]``.
-
-    Raises:
-        ValueError: ``batch`` not divisible by ``groups``.
-    """
-    if batch % groups:
-        raise ValueError(f"a modality batch of {batch} rows is not divisible into {groups} groups")
-    c = batch // groups
-    parts = []
-    for k in range(groups):
-        parts += [torch.arange(k * c, (k + 1) * c), batch + torch.arange(k * c, (k + 1) * c)]
-    return torch.cat(parts)
+__all__ = ["frozen_running_stats", "replica_forward", "Replicas", "replica_order"]
