@@ -31,6 +31,23 @@ class _State:
 
     phase = "setup"
     run_dir: Path | None = None  # the run directory of `train` (for the interrupted message)
+    argv: list[str] = []  # the command's arguments (what `--nproc N` hands to torchrun)
+
+
+class Terminated(DmdlError):
+    """SIGTERM (what SLURM and Kubernetes send before a kill): exit code 143."""
+
+    exit_code = 143
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated("terminated (SIGTERM)")
+
+
+def _rank_prefix() -> str:
+    """``[rank R] `` in a process of a torchrun-launched run (its errors name it), else empty."""
+    rank = os.environ.get("RANK")
+    return f"[rank {rank}] " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
 
 
 # ---------------------------------------------------------------------------- train
@@ -85,8 +102,37 @@ def _train_config(args, extra):
     return cfg, trials, seeds
 
 
+def _launch(nproc: int, cfg) -> int:
+    """``dmdl train --nproc N``: this command again under torchrun, N processes on this machine
+    (``torch.distributed.run --standalone``); returns torchrun's exit code."""
+    import subprocess
+
+    from dmdl.training.distributed import check_batch_split, rank_block
+
+    rank_block(cfg.model.ghost_bn_groups, nproc)  # the layout errors, before any process starts
+    check_batch_split(cfg.data.batch_size, cfg.data.num_instances, nproc, cfg.model.ghost_bn_groups)
+    argv, skip = [], False
+    for a in _State.argv:  # drop --nproc N / --nproc=N
+        if skip or a.startswith("--nproc="):
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "dmdl",
+           *argv]
+    print(f"starting {nproc} processes: {' '.join(cmd[2:])}", flush=True)
+    return subprocess.run(cmd).returncode
+
+
 def _cmd_train(args, extra) -> int:
     cfg, trials, seeds = _train_config(args, extra)
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise InputError(f"--nproc must be >= 1, got {args.nproc}")
+        if "RANK" not in os.environ:
+            return _launch(args.nproc, cfg)
     print(f"output directory: {Path(cfg.run.output_dir).resolve()}", flush=True)
     _State.run_dir = Path(cfg.run.output_dir)
     from dmdl.data.check import preflight
@@ -463,6 +509,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     t.add_argument("--data-root", help="dataset folder in its raw layout")
     t.add_argument("--trial", help="RegDB trial: 1..10, a list such as 1,2,3 (one model per trial, then the "
                                    "mean), or 'all' (the 10 trials, as the papers report RegDB)")
+    t.add_argument("--nproc", type=int, help="train on N processes of this machine under torchrun (one per GPU, or "
+                                             "gloo processes on the CPU); the result is the one-process run's "
+                                             "(README, Several GPUs). Several machines: torchrun ... -m dmdl train")
     t.add_argument("--seeds", help="one model per seed, e.g. 1,2,3 (with --trial: one trial list per seed), then "
                                    "each row, the mean and the standard deviation (results_seeds.json)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from the last checkpoint in RUN_DIR "
@@ -554,14 +603,21 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command not in ("train", "demo"):
         verbs[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     _State.phase, _State.run_dir = "setup", None
+    _State.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.command in ("train", "demo"):
+        import signal
+
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args, extra)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         hint = ""
         if _State.phase == "run" and _State.run_dir is not None:
-            hint = f"; continue with: dmdl train --resume {_State.run_dir}"
-        print(f"dmdl {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+            hint = (f"; the last completed epoch is saved in {_State.run_dir / CHECKPOINT_NAME}; continue with: "
+                    f"dmdl train --resume {_State.run_dir}")
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"dmdl {args.command}: {_rank_prefix()}{what}{hint}", file=sys.__stderr__, flush=True)
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # one line per error; DMDL_TRACEBACK=1 for the traceback
         if os.environ.get("DMDL_TRACEBACK"):
             raise
@@ -569,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = _message(exc)
         if code == 1 and not isinstance(exc, (DmdlError, OSError, ImportError, MemoryError)):  # unexpected
             msg = f"{type(exc).__name__}: {msg} (an internal error; DMDL_TRACEBACK=1 shows the traceback)"
-        print(f"dmdl {args.command}: error: {msg}", file=sys.stderr, flush=True)
+        print(f"dmdl {args.command}: error: {_rank_prefix()}{msg}", file=sys.__stderr__ if _rank_prefix() else sys.stderr,
+              flush=True)
         return code
 
 

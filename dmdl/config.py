@@ -87,6 +87,10 @@ class RunConfig(Section):
     memory_semantics: str = "reference"
     # model selection (algorithm.md §A1.2 step 9): also report the epoch with the best TEST mAP (the reference's leak)
     select_on_test: bool = False
+    # several processes (torchrun, `dmdl train --nproc N`): the process group's backend ("auto": NCCL on
+    # CUDA, gloo on the CPU) and how long a rank waits in a collective, e.g. for rank 0's clustering, in seconds
+    dist_backend: str = "auto"
+    dist_timeout: float = 7200.0
 
     def __post_init__(self) -> None:
         legacy = {"true": "cuda", "false": "off"}  # v0.4 saved amp as a bool
@@ -95,6 +99,9 @@ class RunConfig(Section):
     def check(self, cfg: "Config") -> None:
         one_of(self, "memory_semantics", ("reference", "forward"))
         one_of(self, "amp", ("auto", "cuda", "bf16", "fp16", "off"))
+        one_of(self, "dist_backend", ("auto", "nccl", "gloo"))
+        if not self.dist_timeout > 0:
+            raise ValueError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from dmdl.rundir import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, RESULTS_NAME, TE
 from dmdl.training.checkpoint import (RESUME_KEYS, atomic_save, load_checkpoint, next_epoch, resolve_resume,
                                       rng_state, set_rng_state, truncate_log)
 from dmdl.training.context import build_context, seed_everything, set_deterministic, training_records
+from dmdl.training.distributed import distributed_banner, join_run, restarted_run, state_digest
 from dmdl.training.log import LOG_FIELDS, EpochLog, fmt_seconds, write_results
 from dmdl.visualization.curves import plot_training_curves
 
@@ -59,11 +60,12 @@ class Engine:
         self.cfg = cfg.validate()
         if cfg.run.deterministic:
             set_deterministic()
+        self.dist, device = join_run(cfg.run.dist_backend, cfg.run.dist_timeout, cfg.run.device)
         self.out = Path(cfg.run.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         if announce:
             print(f"output directory: {self.out.resolve()}", flush=True)
-        resume = resolve_resume(cfg.run.resume)
+        resume = resolve_resume(cfg.run.resume or restarted_run(self.out))
         if cfg.run.resume and resume is None:
             print(f"--resume: {cfg.run.resume} holds no checkpoint yet (stopped before the first epoch ended): "
                   "starting from the beginning", flush=True)
@@ -73,7 +75,10 @@ class Engine:
             dataset = preflight(data.dataset, data.data_root, data.trial, images=data.check_images,
                                 max_train_images=data.max_train_images, log=print)
         self.dataset = dataset
-        self.ctx = build_context(cfg, training_records(dataset, data.max_train_images, data.data_root))
+        self.ctx = build_context(cfg, training_records(dataset, data.max_train_images, data.data_root), self.dist,
+                                 device)
+        if self.dist.enabled:
+            print(distributed_banner(self.dist, cfg, self.ctx), flush=True)
         self.results: dict[str, dict] = {}
         self.start = (1, 0)  # (stage, epoch) to run next
         self.scheduler = None
@@ -82,7 +87,8 @@ class Engine:
         self.method = method(self.ctx, cfg)  # a dmdl.methods.base.Method
         if resume is not None:
             self._resume(resume)
-        (self.out / CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2))
+        if self.dist.is_main:
+            (self.out / CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2))
 
     # ------------------------------------------------------------------ checkpoints
     def _resume(self, path: Path) -> None:
@@ -131,7 +137,11 @@ class Engine:
                  "epoch": epoch, "config": self.cfg.to_dict(), "results": self.results, "workers": self.ctx.workers,
                  "rng": rng_state()}
         state.update(self.method.state_dict())
-        atomic_save(state, self.out / CHECKPOINT_NAME)
+        if self.dist.enabled and not self.dist.all_equal(state_digest(state.get("memories"))):
+            raise TrainingError(f"stage {stage} epoch {epoch}: the memories differ between the ranks; the run "
+                                f"is no longer the one-process run")
+        if self.dist.is_main:
+            atomic_save(state, self.out / CHECKPOINT_NAME)
         self.last_checkpoint = (self.out / CHECKPOINT_NAME, stage, epoch)
 
     # ------------------------------------------------------------------ the run
@@ -166,7 +176,7 @@ class Engine:
         data = self.cfg.data
         return evaluate_model(self.ctx.model, data.dataset, self.dataset, data.height, data.width, self.ctx.device,
                               workers=self.ctx.workers, batch_size=max(data.batch_size, 32),
-                              interpolation=self.ctx.interpolation)
+                              interpolation=self.ctx.interpolation, extract=self.ctx.extract)
 
     def _select_on_test(self, stage: int, epoch: int, stats: dict) -> None:
         """The reference's model selection (§A1.2 step 9): evaluate on the TEST set after every
@@ -179,8 +189,9 @@ class Engine:
         if best is None or res[key]["mAP"] > best[key]["mAP"]:
             self.results["test_selected"] = dict(res, stage=stage, epoch=epoch,
                                                  note="selected on the test set (reference protocol): optimistic")
-            atomic_save({"model": self.ctx.model.state_dict(), "config": self.cfg.to_dict(), "stage": stage,
-                         "epoch": epoch, "results": self.results}, self.out / TEST_SELECTED_NAME)
+            if self.dist.is_main:
+                atomic_save({"model": self.ctx.model.state_dict(), "config": self.cfg.to_dict(), "stage": stage,
+                             "epoch": epoch, "results": self.results}, self.out / TEST_SELECTED_NAME)
 
     def _epoch(self, stage: int, epoch: int, log: EpochLog) -> None:
         """One epoch of the method, then the LR step, the log row and the checkpoint."""
@@ -208,7 +219,7 @@ class Engine:
             print("evaluating the initial (untrained) model ...", flush=True)
             self.results["untrained"] = self.evaluate()
             print(format_table({"untrained": self.results["untrained"]}), flush=True)
-        log = EpochLog(self.out, sch.stage1_epochs)
+        log = EpochLog(self.out, sch.stage1_epochs, write=self.dist.is_main)
         total = sch.stage1_epochs + sch.stage2_epochs
         done_before = (0 if self.start[0] == 1 else sch.stage1_epochs) + self.start[1] if self.start[0] <= 2 else total
         t_train, done = time.time(), 0
@@ -232,7 +243,7 @@ class Engine:
         print("evaluating the trained model ...", flush=True)
         self.results["trained"] = self.evaluate()
         self.results["train_seconds"] = round(time.time() - t_start, 1)
-        if self.ctx.optimizer is not None:
+        if self.ctx.optimizer is not None and self.dist.is_main:
             # add the results to the last checkpoint, keeping its end-of-epoch RNG states (evaluation
             # draws from torch's RNG: DataLoader seeds), so that resuming from it stays exact
             ckpt = torch.load(self.out / CHECKPOINT_NAME, map_location="cpu", weights_only=False)
@@ -250,6 +261,8 @@ class Engine:
             print(f"test-sel. = the epoch with the best TEST mAP (stage {sel['stage']} epoch {sel['epoch']}), "
                   "the reference's selection: optimistic, not a held-out result")
         print(format_table(report))
+        if not self.dist.is_main:
+            return self.results
         if (self.out / LOG_NAME).is_file():  # the training curves of log.csv (none if no epoch ran here)
             self.results["pictures"] = [p.name for p in plot_training_curves(self.out)]
         write_results(self.out / RESULTS_NAME, self.results, self.cfg.to_dict())

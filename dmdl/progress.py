@@ -6,13 +6,15 @@ progress-bar redraws; there the per-epoch lines of :class:`dmdl.training.log.Epo
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Iterable
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = ""):
-    """A tqdm progress bar over ``iterable`` on a terminal (stderr); the bare iterable otherwise."""
-    if not sys.stderr.isatty():
+    """A tqdm progress bar over ``iterable`` on a terminal (stderr); the bare iterable otherwise
+    (also in a distributed run's ranks other than 0, which set ``DMDL_NO_PROGRESS``)."""
+    if not sys.stderr.isatty() or os.environ.get("DMDL_NO_PROGRESS"):
         return _Quiet(iterable)
     from tqdm import tqdm
 

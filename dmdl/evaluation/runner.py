@@ -57,7 +57,8 @@ def _distmat(q: torch.Tensor, g: torch.Tensor) -> np.ndarray:
 
 def evaluate_model(model: nn.Module, dataset_name: str, dataset, height: int, width: int,
                    device: torch.device | str = "cpu", workers: int = 0, batch_size: int = 64,
-                   num_trials: int | None = None, interpolation: str = "bicubic") -> dict[str, dict]:
+                   num_trials: int | None = None, interpolation: str = "bicubic",
+                   extract=extract_features) -> dict[str, dict]:
     """Run the dataset's full test protocol (its :mod:`dmdl.data.registry` entry).
 
     Args:
@@ -68,6 +69,8 @@ def evaluate_model(model: nn.Module, dataset_name: str, dataset, height: int, wi
         num_trials: gallery draws per setting where the protocol draws galleries (default: the
             registry's, 10 for SYSU and LLCM as in every paper).
         interpolation: the test images' resize (``Config.resize()``: DMDL bicubic, MULT bilinear).
+        extract: the feature extractor, :func:`dmdl.features.extract_features` or one with its
+            signature (a distributed run's: each rank a shard, all-gathered).
 
     Returns:
         ``{setting: {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}}`` in
@@ -83,10 +86,8 @@ def evaluate_model(model: nn.Module, dataset_name: str, dataset, height: int, wi
               interpolation=interpolation)
     vis, ir = dataset.test_visible, dataset.test_infrared
     # each modality through its own stem when the model is two-stream (§B6)
-    bank_v = _FeatureBank(extract_features(model, [r.path for r in vis], desc="test visible",
-                                           modality="visible", **kw), vis)
-    bank_i = _FeatureBank(extract_features(model, [r.path for r in ir], desc="test infrared",
-                                           modality="infrared", **kw), ir)
+    bank_v = _FeatureBank(extract(model, [r.path for r in vis], desc="test visible", modality="visible", **kw), vis)
+    bank_i = _FeatureBank(extract(model, [r.path for r in ir], desc="test infrared", modality="infrared", **kw), ir)
     banks = {"visible": bank_v, "infrared": bank_i}
     query_gallery, metric = info.load("query_gallery"), info.load("metric")
 

@@ -28,7 +28,10 @@ from dmdl.config import Config
 from dmdl.data.check import available_cores
 from dmdl.data.records import ImageRecord
 from dmdl.features import extract_features
+from dmdl.errors import InputError
 from dmdl.hardware import native_bf16_cpu
+from dmdl.models.ghost_bn import Replicas
+from dmdl.training.distributed import Distributed, check_batch_split, rank_block, sync_batchnorm_groups
 from dmdl.modalities import MODALITIES
 from dmdl.models.from_config import build_model_from_config
 
@@ -83,13 +86,20 @@ class RunContext:
         amp_dtype: the autocast dtype of the model's forward passes (``torch.float16`` on CUDA,
             ``torch.bfloat16``), or None: float32 (:func:`amp_dtype`).
         scaler: the gradient scaler (enabled with fp16 autocast); it lives for the whole run.
-        bn_groups: ghost BatchNorm groups of the model (0/1: none); a training batch is laid out in
-            the reference's DataParallel replica order before the forward pass.
+        bn_groups: ghost BatchNorm groups a training forward runs (0/1: none): the batch is laid
+            out in the reference's DataParallel replica order and the model run once per group
+            (:func:`dmdl.models.ghost_bn.replica_forward`); in a distributed run, this rank's share.
         channels_last: the model's memory format.
         interpolation: the resize of the clustering (and test) images, ``Config.resize()``.
         amp_losses: with fp16 autocast on CUDA, the losses too run under it with TF32 matmuls
             (:meth:`loss_precision`).
         optimizer: the optimizer of the current stage (the engine sets it).
+        dist: this process's place in a distributed run (:mod:`dmdl.training.distributed`; one
+            process by default).
+        train_model: what a training step calls (the model wrapped in DistributedDataParallel in a
+            distributed run), or None: ``model``.
+        layout: the chunks the global batch is laid out in for the processes (see
+            :func:`dmdl.training.distributed.rank_block`); 0 in one process.
     """
 
     model: nn.Module
@@ -107,6 +117,9 @@ class RunContext:
     interpolation: str = "bicubic"
     amp_losses: bool = False
     optimizer: torch.optim.Optimizer | None = None
+    dist: Distributed = field(default_factory=Distributed)
+    train_model: nn.Module | None = None
+    layout: int = 0
 
     def features(self, modality: str, renormalize: bool, flip: bool = True) -> torch.Tensor:
         """Eval-mode features of a modality's training images, flip-averaged unless ``flip`` is
@@ -117,11 +130,25 @@ class RunContext:
             (N_modality, D) float32 on ``device``; L2-renormalised when asked.
         """
         with self.autocast():
-            return extract_features(
-                self.model, [r.path for r in self.train[modality]], self.height, self.width, self.device,
-                batch_size=max(self.batch_size, 32), workers=self.workers, desc=f"features {modality}",
-                cache=self.image_cache, renormalize=renormalize, flip=flip, modality=modality,
-                interpolation=self.interpolation, channels_last=self.channels_last)
+            return self.extract(self.model, [r.path for r in self.train[modality]], self.height, self.width,
+                                self.device, batch_size=max(self.batch_size, 32), workers=self.workers,
+                                desc=f"features {modality}", cache=self.image_cache, renormalize=renormalize,
+                                flip=flip, modality=modality, interpolation=self.interpolation,
+                                channels_last=self.channels_last)
+
+    def extract(self, model: nn.Module, paths, *args, batch_size: int = 64, **kwargs) -> torch.Tensor:
+        """:func:`dmdl.features.extract_features`, in a distributed run on this rank's shard of whole
+        batches and all-gathered in ``paths`` order (every rank gets every feature)."""
+        if not self.dist.enabled:
+            return extract_features(model, paths, *args, batch_size=batch_size, **kwargs)
+        self.dist.broadcast_buffers(model)  # eval mode reads the running statistics: rank 0's
+        part = paths[self.dist.shard(len(paths), batch_size)]
+        if part:
+            local = extract_features(model, part, *args, batch_size=batch_size, **kwargs)
+        else:  # more ranks than batches: an empty share
+            local = torch.empty(0, model.feat_dim, device=torch.device(args[2] if len(args) > 2 else
+                                                                        kwargs.get("device", "cpu")))
+        return self.dist.gather_rows(local)
 
     def loss_precision(self):
         """The context of a step's loss computation: fp16 autocast with TF32 matmuls on CUDA when
@@ -174,32 +201,66 @@ def _tf32_autocast(device: torch.device):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def build_context(cfg: Config, train: dict[str, list[ImageRecord]]) -> RunContext:
-    """The run context of ``cfg``: model built and converted (ghost BN, memory layout), device,
-    AMP policy, workers capped at the cores, image cache. Prints when the workers are capped.
+def build_context(cfg: Config, train: dict[str, list[ImageRecord]], dist: Distributed | None = None,
+                  device: str | None = None) -> RunContext:
+    """The run context of ``cfg``: model built and converted (ghost BN, memory layout; in a
+    distributed run each rank's share of the BatchNorm groups, or BatchNorm synchronised over the
+    ranks of a group, and the DistributedDataParallel wrapper), device, AMP policy, workers capped
+    at the cores, image cache. Prints when the workers are capped.
+
+    Args:
+        dist: this process's place in a distributed run (default: one process).
+        device: the device to use instead of ``cfg.run.device`` (a distributed run's local rank's).
 
     Raises:
         RuntimeError: a CUDA device asked for and none seen; weight errors from the model builder.
+        InputError: a distributed layout the batch or the BatchNorm groups do not allow.
     """
-    device = resolve_device(cfg.run.device)
+    dist = dist or Distributed()
+    device = resolve_device(device or cfg.run.device)
     workers = min(cfg.data.workers, available_cores())  # DataLoader workers beyond the cores only slow down
     if workers < cfg.data.workers:
         print(f"workers: {workers} (the {available_cores()} CPU cores available; the config asks "
               f"{cfg.data.workers})", flush=True)
     model = build_model_from_config(cfg.model).to(device)
-    if cfg.model.ghost_bn_groups > 1:
-        from dmdl.models.ghost_bn import convert_ghost_batchnorm
-
-        convert_ghost_batchnorm(model, cfg.model.ghost_bn_groups)
+    groups, layout = cfg.model.ghost_bn_groups, 0
+    if dist.enabled:
+        layout = rank_block(groups, dist.world_size)
+        check_batch_split(cfg.data.batch_size, cfg.data.num_instances, dist.world_size, groups)
+        groups = max(groups, 1) // dist.world_size  # each rank forwards its share of the groups
     dtype = amp_dtype(cfg.run.amp, device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    train_model = None
+    if dist.enabled:
+        model, train_model = _wrap_distributed(model, dist, cfg.model.ghost_bn_groups, groups, device)
     return RunContext(model=model, device=device, train=train, height=cfg.data.height, width=cfg.data.width,
                       batch_size=cfg.data.batch_size, workers=workers,
                       image_cache={} if cfg.data.cache_images else False, amp_dtype=dtype,
-                      scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16), bn_groups=cfg.model.ghost_bn_groups,
+                      scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16), bn_groups=groups,
                       channels_last=cfg.model.channels_last, interpolation=cfg.resize(),
-                      amp_losses=cfg.run.amp_losses)
+                      amp_losses=cfg.run.amp_losses, dist=dist, train_model=train_model, layout=layout)
+
+
+def _wrap_distributed(model: nn.Module, dist: Distributed, groups: int, local_groups: int,
+                      device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(the model, with BatchNorm synchronised over the ranks that share a ghost group when there
+    are fewer groups than ranks; the same run over this rank's ``local_groups`` groups
+    (:class:`~dmdl.models.ghost_bn.Replicas`) in DistributedDataParallel, rank 0's buffers
+    broadcast before every forward as DataParallel's replica 0 keeps them)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ranks = sync_batchnorm_groups(dist.world_size, groups)
+    if ranks is not None:
+        if device.type != "cuda":
+            raise InputError(f"{dist.world_size} processes with ghost_bn_groups {groups}: BatchNorm would have to be "
+                             f"synchronised across processes, which needs CUDA; on the CPU set --ghost-bn-groups "
+                             f"to a multiple of the world size")
+        handles = [torch.distributed.new_group(r) for r in ranks]  # every rank creates every group
+        mine = next(h for h, r in zip(handles, ranks) if dist.rank in r)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=mine)
+    ids = [device.index] if device.type == "cuda" else None
+    return model, DistributedDataParallel(Replicas(model, local_groups), device_ids=ids, broadcast_buffers=True)
 
 
 def training_records(dataset, max_images: int | None, root) -> dict[str, list[ImageRecord]]:

@@ -38,13 +38,15 @@ class EpochLog:
         out: the run directory.
         stage1_epochs: to number stage-2 epochs globally in TensorBoard.
         tensorboard: write TensorBoard event files (skipped, with a note, if tensorboard is broken).
+        write: write the files at all (False: print only; a distributed run's ranks but 0).
     """
 
-    def __init__(self, out: Path, stage1_epochs: int, tensorboard: bool = True):
+    def __init__(self, out: Path, stage1_epochs: int, tensorboard: bool = True, write: bool = True):
         self.path = Path(out) / LOG_NAME
         self.stage1_epochs = stage1_epochs
         self.writer = None
-        if tensorboard:
+        self.write_files = write
+        if tensorboard and write:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -55,6 +57,8 @@ class EpochLog:
     def write(self, stats: dict) -> None:
         """Print one epoch's fields and append them to the CSV and TensorBoard."""
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()), flush=True)
+        if not self.write_files:
+            return
         new = not self.path.exists()
         with open(self.path, "a", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=LOG_FIELDS, restval="", extrasaction="ignore")

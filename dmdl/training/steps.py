@@ -21,7 +21,7 @@ from dmdl.config import ClusteringConfig
 from dmdl.guards import check_clustering
 from dmdl.memories import ReadTape
 from dmdl.modalities import MODALITIES
-from dmdl.models.ghost_bn import replica_order
+from dmdl.models.ghost_bn import replica_forward, replica_order
 from dmdl.progress import progress
 from dmdl.pseudo_labels import NoClustersError, cluster_features, ground_truth_labels
 from dmdl.training.context import RunContext
@@ -120,6 +120,8 @@ def forward_views(ctx: RunContext, views: list[Tensor], infrared: Tensor) -> Ten
         (sum B_i, D) float32 features, rows in the order of ``views`` (the replica permutation
         undone).
     """
+    if ctx.dist.enabled:
+        return _forward_rank_block(ctx, torch.cat(views), infrared)
     x = torch.cat(views).to(ctx.device, non_blocking=True)
     if ctx.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -130,9 +132,26 @@ def forward_views(ctx: RunContext, views: list[Tensor], infrared: Tensor) -> Ten
         x, infrared = x[perm], infrared[perm]
     args = (infrared,) if getattr(ctx.model, "two_stream", False) else ()
     with ctx.autocast():
-        out = ctx.model(x, *args)
+        out = replica_forward(ctx.model, x, ctx.bn_groups, *args)
     out = out.float()
     return out if perm is None else out[torch.argsort(perm)]
+
+
+def _forward_rank_block(ctx: RunContext, x: Tensor, infrared: Tensor) -> Tensor:
+    """:func:`forward_views` in a distributed run: the global batch in the replica layout of
+    ``ctx.layout`` chunks, this rank's block of them through the DDP model, the blocks all-gathered
+    with their gradients, the layout undone: every rank holds the one-process features."""
+    perm = replica_order(infrared, ctx.layout)
+    rows = x.shape[0] // ctx.dist.world_size
+    mine = perm[ctx.dist.rank * rows:(ctx.dist.rank + 1) * rows]
+    block = x[mine].to(ctx.device, non_blocking=True)
+    if ctx.channels_last:
+        block = block.contiguous(memory_format=torch.channels_last)
+    args = (infrared[mine].to(ctx.device),) if getattr(ctx.model, "two_stream", False) else ()
+    with ctx.autocast():  # this rank's BatchNorm groups, as one process runs them (a Replicas module in DDP)
+        out = ctx.train_model(block, *args)
+    out = ctx.dist.gather_with_grad(out.float())
+    return out[torch.argsort(perm.to(out.device))]
 
 
 def optimizer_step(ctx: RunContext, loss: Tensor, where: str, tape: ReadTape | None = None) -> None:
@@ -157,8 +176,9 @@ def run_epoch(ctx: RunContext, clustering: ClusteringConfig, stage: int, plan: C
               batches: Callable[[Any], tuple[Iterable, int]], step: Callable[[Any, Any], dict],
               desc: str) -> tuple[Any, dict]:
     """The skeleton of a method's epoch: clustering features (:func:`clustering_features`) ->
-    ``plan(features)`` (pseudo-labels, memories: the method's) -> ``batches(plan)`` (an iterable
-    and its length) -> ``step(plan, batch)`` for each batch in training mode (:func:`run_steps`).
+    ``plan(features)`` (pseudo-labels, memories: the method's; in a distributed run on rank 0 only,
+    then broadcast) -> ``batches(plan)`` (an iterable and its length) -> ``step(plan, batch)`` for
+    each batch in training mode (:func:`run_steps`).
 
     Returns:
         (the plan, the epoch's log fields: the plan's, the mean step results and the seconds of
@@ -170,7 +190,7 @@ def run_epoch(ctx: RunContext, clustering: ClusteringConfig, stage: int, plan: C
     clock = PhaseClock()
     feats = clustering_features(ctx, clustering, stage)
     clock.lap("features")
-    the_plan, stats = plan(feats)
+    the_plan, stats = ctx.dist.share(lambda: plan(feats), ctx.device)  # rank 0 only, then broadcast
     clock.lap("clustering")
     it, total = batches(the_plan)
     ctx.model.train()
