@@ -246,6 +246,16 @@ def join_run(backend: str, timeout_s: float, device: str) -> tuple[Distributed, 
     return dist, device
 
 
+def _attempt_store(env: dict, timeout: datetime.timedelta):
+    """The rendezvous store of this attempt: torchrun's (or rank 0's) TCPStore with a prefix per
+    restart. Without it a rank restarted by ``--max-restarts`` reads the previous attempt's gloo
+    addresses and cannot connect (seen with torch 2.14)."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env["world_size"],
+                                       is_master=not agent and env["rank"] == 0, timeout=timeout)
+    return torch.distributed.PrefixStore(f"dmdl/attempt_{env['restarts']}", store)
+
+
 def init_distributed(backend: str, timeout_s: float, device: str) -> tuple[Distributed, str]:
     """Join the process group of a torchrun-launched run (one process: nothing to join).
 
@@ -273,8 +283,10 @@ def init_distributed(backend: str, timeout_s: float, device: str) -> tuple[Distr
         torch.cuda.set_device(env["local_rank"])
         device = f"cuda:{env['local_rank']}"
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    timeout = datetime.timedelta(seconds=timeout_s)
     try:
-        torch.distributed.init_process_group(chosen, timeout=datetime.timedelta(seconds=timeout_s))
+        torch.distributed.init_process_group(chosen, store=_attempt_store(env, timeout), rank=env["rank"],
+                                             world_size=env["world_size"], timeout=timeout)
     except Exception as exc:  # DistStoreError, RuntimeError (timeout), ...
         raise InputError(f"rank {env['rank']} could not join the process group at {where} within "
                          f"{timeout_s:g} s (dist_timeout): {str(exc).splitlines()[0]}") from None
