@@ -501,7 +501,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                                                                     "plot,visualize,doctor}")
     verbs = {}
 
+    # allow_abbrev=False: a config key must never be read as the abbreviation of an option
+    # (`--seed 2` is the config key seed, not `--seeds 2`)
     t = sub.add_parser("train", help="train the two-stage pipeline", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       allow_abbrev=False,
                        description="Train with a preset or a YAML file; any config key can be overridden as "
                                    "--key VALUE (e.g. --stage1-epochs 5 --eps 0.5).",
                        epilog=_train_epilog())
@@ -544,6 +547,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     verbs["evaluate"] = e
 
     d = sub.add_parser("demo", help=f"train the {DEMO_PRESET} preset on a toy dataset (or --data-root) on the CPU",
+                       allow_abbrev=False,
                        description=f"Train the {DEMO_PRESET} preset (see dmdl train --help for its keys, which "
                                    "can be overridden as --key VALUE) on a generated RegDB-layout dataset.")
     d.add_argument("--data-root", help="a RegDB-layout folder (default: a generated toy dataset)")

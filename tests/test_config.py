@@ -290,3 +290,12 @@ def test_amp_auto_is_fp16_on_cuda_and_bf16_only_on_cpus_that_multiply_it_nativel
     assert load_config("regdb", ["--amp", "false"]).run.amp == "off"
     with pytest.raises(ValueError, match="amp must be"):
         load_config("regdb", ["--amp", "fp8"])
+
+
+def test_a_config_key_is_never_read_as_an_abbreviated_option():
+    from dmdl.cli import build_parser
+
+    parser, _ = build_parser()
+    args, extra = parser.parse_known_args(["train", "--config", "regdb", "--seed", "2", "--nproc-per", "3"])
+    assert args.seeds is None and args.nproc is None  # not --seeds / --nproc
+    assert load_config("regdb", extra[:2]).run.seed == 2

@@ -618,12 +618,15 @@ def _train(out, ctx, kind: str) -> None:
     data_root = _toy_dataset(ctx)
     run_dir = ctx["workdir"] / f"run_{kind}"
     args, arch = _train_args(ctx, data_root, run_dir)
-    launcher, launcher_what = _launcher(kind, ctx)
     help_text = subprocess.run([sys.executable, "-m", "dmdl.cli", "train", "--help"], cwd=ctx["root"],
                                capture_output=True, text=True).stdout
     nproc_flag = kind == "torchrun" and "--nproc" in help_text
-    if nproc_flag:  # the distributed training's own flag, once `dmdl train` has one
+    if nproc_flag:  # the distributed training's own flag: `dmdl train --nproc 1` starts torchrun itself
+        launcher, launcher_what = _launcher("plain", ctx)
+        launcher_what += " --nproc 1 (torchrun --standalone --nproc-per-node 1)"
         args += ["--nproc", "1"]
+    else:
+        launcher, launcher_what = _launcher(kind, ctx)
     out.update(arch=arch, launcher=launcher_what, nproc_flag=nproc_flag, run_dir=str(run_dir))
     cmd = launcher + ["train", *args]
     out["command"] = " ".join(cmd)
