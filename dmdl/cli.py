@@ -122,8 +122,13 @@ def _launch(nproc: int, cfg) -> int:
         argv.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "dmdl",
            *argv]
-    print(f"starting {nproc} processes: {' '.join(cmd[2:])}", flush=True)
-    return subprocess.run(cmd).returncode
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:  # torchrun would set 1: give each process its share of the cores
+        from dmdl.data.check import available_cores
+
+        env["OMP_NUM_THREADS"] = str(max(1, available_cores() // nproc))
+    print(f"starting {nproc} processes ({env['OMP_NUM_THREADS']} threads each): {' '.join(cmd[2:])}", flush=True)
+    return subprocess.run(cmd, env=env).returncode
 
 
 def _cmd_train(args, extra) -> int:
