@@ -1,7 +1,7 @@
 """Benchmark: dmdl.ops.jaccard_distance against the pipeline users run today and the machine's limit.
 
 Three contenders per (N, threads), same process, same features (clustered synthetic, D = 2048,
-k1 = 30, k2 = 6; performance.md §1):
+k1 = 30, k2 = 6; docs/benchmarks.md#jaccard):
 
 * ``ours``: ``jaccard_distance(x, output="sparse")`` (exact kNN with ``precision="auto"`` + the sparse
   kernels; bench_knn.py compares the precisions);

@@ -1,6 +1,6 @@
 """Benchmark: one cluster-memory step (forward + backward + momentum update) on the CPU.
 
-Same process, same inputs, per (B, K, D, threads) group (performance.md §3, §5):
+Same process, same inputs, per (B, K, D, threads) group (docs/benchmarks.md#memory-step, #targets):
 
 * ``loop``       — what the reference repositories run (Cluster-Contrast ``cm.py``, re-implemented
   here): ``F.normalize``, an ``autograd.Function`` whose forward is ``x @ M.T`` and whose backward

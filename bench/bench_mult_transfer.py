@@ -1,4 +1,4 @@
-"""Benchmark: MULT's label transfer per epoch (algorithm.md §B3, performance.md §4) on the CPU.
+"""Benchmark: MULT's label transfer per epoch (docs/mult.md#B3, docs/benchmarks.md#propagation) on the CPU.
 
 Same process, same inputs, per N (RGB samples N_R = N, IR samples N_I = N / 2, the SYSU ratio;
 K_R = N / 20, K_I = N_I / 20 clusters; D = 256 clustered features with a modality gap; Jaccard

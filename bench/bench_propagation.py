@@ -1,10 +1,10 @@
 """Benchmark: one label-propagation step of MULT, ``Y <- a * A @ Y + b * Z``, on the CPU.
 
-Per (N, threads) group, same process, same inputs (performance.md §4-5): ``A`` the row-normalised
+Per (N, threads) group, same process, same inputs (docs/benchmarks.md#propagation, #targets): ``A`` the row-normalised
 ``1 - Jaccard`` affinity of clustered features (``jaccard_distance(x, k1=30, k2=6)``, D = 256,
 clusters of ~20 as in bench_jaccard.py; its non-zeros per row are reported in ``extra_info``),
-``Y``, ``Z`` [N, K = 400] soft labels, ``a = b = 0.5`` (MULT's homogeneous step, algorithm.md §B3
-step 4):
+``Y``, ``Z`` [N, K = 400] soft labels, ``a = b = 0.5`` (MULT's homogeneous step, docs/mult.md#B3.4
+):
 
 * ``ours``         — ``dmdl.ops.propagate(A_csr, Y, Z, a, b)``: the compiled op (the CSR as
   ``jaccard_distance`` returns it, int32 indices; the row pointers are widened inside the timing).

@@ -1,4 +1,4 @@
-"""GPU timings of the compiled kNN and Jaccard kernels (performance.md §1, §5: target <= 50 ms for
+"""GPU timings of the compiled kNN and Jaccard kernels (docs/benchmarks.md#jaccard, #targets: target <= 50 ms for
 the whole Jaccard distance at N = 34,167 on one H100).
 
     python bench/gpu_jaccard.py                 # N = 34,000, D = 2048, k1 = 30, k2 = 6

@@ -1,4 +1,4 @@
-"""Peak resident memory of the sparse Jaccard path at large N (performance.md §5: < 4 GB at 100k).
+"""Peak resident memory of the sparse Jaccard path at large N (docs/benchmarks.md#targets: < 4 GB at 100k).
 
     python bench/rss_jaccard.py                 # N = 100,000, D = 2048 (minutes on 2 cores)
     python bench/rss_jaccard.py --n 20000 --d 256

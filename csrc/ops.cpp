@@ -15,10 +15,10 @@ TORCH_LIBRARY(dmdl, m) {
   // Exact k nearest from a backend's candidates (int32 [N, kc]) and their approximate values
   // |x_j|^2 - 2 x_i.x_j (float32 [N, kc], ascending); precision "fp32" | "tf32" | "bf16" | "faiss".
   m.def("knn_refine(Tensor features, Tensor candidates, Tensor approx, int k, str precision) -> (Tensor, Tensor)");
-  // k-reciprocal Jaccard distance (Zhong et al. 2017; algorithm.md §A9) from neighbour lists
+  // k-reciprocal Jaccard distance (Zhong et al. 2017; docs/dmdl.md#A9) from neighbour lists
   // rank int32 [N, k1]: CSR (crow int64 [N+1], col int32 [nnz], val float32 [nnz]) of d < 1.
   m.def("jaccard_sparse(Tensor features, Tensor rank, int k2) -> (Tensor, Tensor, Tensor)");
-  // Cluster-memory step (Cluster-Contrast, ACCV 2022; algorithm.md §A4.1, §A5.5; dmdl/ops/memory.py).
+  // Cluster-memory step (Cluster-Contrast, ACCV 2022; docs/dmdl.md#A4.1, #A5.5; dmdl/ops/memory.py).
   // memory_loss_forward: mean CE of normalize(features) @ memory^T / temperature against int64
   // labels [B] or soft targets [B, K], and its gradient with respect to features [B, D].
   m.def("memory_loss_forward(Tensor features, Tensor memory, Tensor targets, float temperature) -> (Tensor loss, Tensor grad_features)");
@@ -26,7 +26,7 @@ TORCH_LIBRARY(dmdl, m) {
   // momentum: scalar or [B]; row_ids [K]: the label each row holds (None: row = label); hard: one
   // update per row with its least similar sample.
   m.def("momentum_update_(Tensor(a!) memory, Tensor features, Tensor labels, Tensor momentum, Tensor? row_ids, bool hard) -> ()");
-  // Label-propagation step of MULT (arXiv 2402.00672; algorithm.md §B3 step 4; dmdl/ops/propagation.py):
+  // Label-propagation step of MULT (arXiv 2402.00672; docs/mult.md#B3.4; dmdl/ops/propagation.py):
   // out = a * A @ x + b * z, A the CSR (crow int64 [N_out+1], col int32 [nnz], val float32 [nnz]),
   // x float32 [N_in, K] contiguous, z float32 [N_out, K] -> out float32 [N_out, K], each entry
   // accumulated in float32 in CSR order.

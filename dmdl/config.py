@@ -62,7 +62,7 @@ def one_of(section: Section, key: str, choices: Sequence[str]) -> None:
 
 @dataclass
 class RunConfig(Section):
-    """How a run runs: seeds, device, where it writes, precision, model selection (algorithm.md §A10)."""
+    """How a run runs: seeds, device, where it writes, precision, model selection (docs/dmdl.md#A10)."""
 
     section: ClassVar[str] = "run"
     seed: int = 1
@@ -85,7 +85,7 @@ class RunConfig(Section):
     # released DMDL / MULT step); "forward": every loss against the forward-time memories, updates
     # after backward() in the documented order (dmdl.memories)
     memory_semantics: str = "reference"
-    # model selection (algorithm.md §A1.2 step 9): also report the epoch with the best TEST mAP (the reference's leak)
+    # model selection (docs/dmdl.md#A1.2.9): also report the epoch with the best TEST mAP (the reference's leak)
     select_on_test: bool = False
     # several processes (torchrun, `dmdl train --nproc N`): the process group's backend ("auto": NCCL on
     # CUDA, gloo on the CPU) and how long a rank waits in a collective, e.g. for rank 0's clustering, in seconds
@@ -106,7 +106,7 @@ class RunConfig(Section):
 
 @dataclass
 class DataConfig(Section):
-    """The dataset, its split, the input size and the batch composition (algorithm.md §A3, §A4.2)."""
+    """The dataset, its split, the input size and the batch composition (docs/dmdl.md#A3, #A4.2)."""
 
     section: ClassVar[str] = "data"
     dataset: str = "regdb"
@@ -143,7 +143,7 @@ class DataConfig(Section):
 
 @dataclass
 class ModelConfig(Section):
-    """The backbone and how it is laid out (algorithm.md §A2, §B2)."""
+    """The backbone and how it is laid out (docs/dmdl.md#A2, docs/mult.md#B2)."""
 
     section: ClassVar[str] = "model"
     arch: str = "resnet50"  # resnet18/34/50/101 (AGW) or mobilenet_v2
@@ -151,7 +151,7 @@ class ModelConfig(Section):
     non_local: bool = True  # AGW non-local blocks (ResNets only: false for mobilenet_v2)
     last_stride: int = 1
     # one stem per modality in front of the shared layers (MULT/ADCA/PGM's two-stream AGW,
-    # algorithm.md §B2); DMDL itself is one-stream (false)
+    # docs/mult.md#B2); DMDL itself is one-stream (false)
     two_stream: bool = False
     channels_last: bool = False
     ghost_bn_groups: int = 0  # > 1: BatchNorm statistics per group, as the reference's 4-GPU DataParallel
@@ -170,7 +170,7 @@ class ModelConfig(Section):
 
 @dataclass
 class ScheduleConfig(Section):
-    """Epochs, iterations, the optimiser and its LR schedule (algorithm.md §A1.1, §A10, §B5)."""
+    """Epochs, iterations, the optimiser and its LR schedule (docs/dmdl.md#A1.1, #A10, docs/mult.md#B5)."""
 
     section: ClassVar[str] = "schedule"
     stage1_epochs: int = 30
@@ -201,7 +201,7 @@ class ScheduleConfig(Section):
 @dataclass
 class ClusteringConfig(Section):
     """Clustering features, k-reciprocal Jaccard + DBSCAN, and the guards on their result
-    (algorithm.md §A1.2, §A5.1, §A9; :mod:`dmdl.guards`)."""
+    (docs/dmdl.md#A1.2, #A5.1, #A9; :mod:`dmdl.guards`)."""
 
     section: ClassVar[str] = "clustering"
     # "pseudo": DBSCAN clusters and their association (unsupervised); "ground-truth": the true
@@ -234,11 +234,11 @@ class ClusteringConfig(Section):
 
 @dataclass
 class TransferConfig(Section):
-    """MULT's label transfer (algorithm.md §B3), read by MULT and by DMDL's ``association: mult``."""
+    """MULT's label transfer (docs/mult.md#B3), read by MULT and by DMDL's ``association: mult``."""
 
     section: ClassVar[str] = "transfer"
-    mult_alpha: float = 0.2  # weight of the initial labels in the label propagation (§B3 step 4)
-    mult_lambda: float = 25.0  # Sinkhorn kernel exp(-lambda |f - c|^2) (§B3 step 2-3)
+    mult_alpha: float = 0.2  # weight of the initial labels in the label propagation (docs/mult.md#B3.4)
+    mult_lambda: float = 25.0  # Sinkhorn kernel exp(-lambda |f - c|^2) (docs/mult.md#B3.2, #B3.3)
     cross_affinity: str = "dense"  # heterogeneous affinity: "dense" Sinkhorn plan (MULT) or "knn" (sparse,
     #                                  unbalanced; experimental: much worse labels on RegDB-half, see README)
     cross_k: int = 30  # neighbours per row of the "knn" heterogeneous affinity
@@ -647,6 +647,7 @@ def _is_number(text: str) -> bool:
 
 
 __all__ = ["Config", "Section", "RunConfig", "DataConfig", "ModelConfig", "ScheduleConfig", "ClusteringConfig",
-           "TransferConfig", "MethodConfig", "METHOD_CONFIGS", "register_method_config", "at_least", "one_of", "load_config",
-           "make_config", "config_from_saved", "config_keys_help", "unknown_key_message", "parse_overrides", "parse_schedule",
+           "TransferConfig", "MethodConfig", "METHOD_CONFIGS", "register_method_config", "at_least", "one_of",
+           "load_config", "make_config", "config_from_saved", "config_keys_help", "unknown_key_message", "parse_overrides",
+           "parse_schedule",
            "parse_milestones", "parse_trials", "parse_seeds", "preset_names", "key_owners"]

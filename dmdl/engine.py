@@ -1,7 +1,7 @@
 """The training engine: the run loop around a method.
 
-The engine owns the run (algorithm.md §A1): evaluation of the initial model, stage 1, stage 2,
-evaluation of the trained model; the optimizer and LR schedule of each stage (§A10); a checkpoint
+The engine owns the run (docs/dmdl.md#A1): evaluation of the initial model, stage 1, stage 2,
+evaluation of the trained model; the optimizer and LR schedule of each stage (docs/dmdl.md#A10); a checkpoint
 after every epoch and exact resume (:mod:`dmdl.training.checkpoint`); the epoch log
 (:mod:`dmdl.training.log`). A *method* (:mod:`dmdl.methods.base`) owns what happens inside an
 epoch; it gets the run's services as a :class:`dmdl.training.RunContext` and the config, and
@@ -146,9 +146,9 @@ class Engine:
 
     # ------------------------------------------------------------------ the run
     def _make_optimizer(self, stage: int = 1) -> None:
-        """Adam, fresh for each stage (§A1, §A10), with StepLR(step_size, gamma) per stage, or with
+        """Adam, fresh for each stage (docs/dmdl.md#A1, #A10), with StepLR(step_size, gamma) per stage, or with
         ``lr_milestones`` the LR multiplied by gamma at each milestone epoch counted over both
-        stages (MULT §B5: 20, 60, 80 of 90)."""
+        stages (MULT docs/mult.md#B5: 20, 60, 80 of 90)."""
         sch = self.cfg.schedule
         params = [p for p in self.ctx.model.parameters() if p.requires_grad]
         optimizer = self.ctx.optimizer = torch.optim.Adam(params, lr=sch.lr, weight_decay=sch.weight_decay)
@@ -179,7 +179,7 @@ class Engine:
                               interpolation=self.ctx.interpolation, extract=self.ctx.extract)
 
     def _select_on_test(self, stage: int, epoch: int, stats: dict) -> None:
-        """The reference's model selection (§A1.2 step 9): evaluate on the TEST set after every
+        """The reference's model selection (docs/dmdl.md#A1.2.9): evaluate on the TEST set after every
         epoch and keep the best by test mAP (the registry's selection setting) in
         ``test_selected.pth``. Reported as ``test_selected``, never as ``trained``."""
         key = get_dataset(self.cfg.data.dataset).selection_key

@@ -2,7 +2,7 @@
 
 The features of a list of images are ``model(x)`` in eval mode on the test transform
 (resize to height x width, ImageNet mean/std), averaged with the horizontally flipped image
-and L2-normalised when asked (algorithm.md §A1.2, §A11). Training extracts its clustering
+and L2-normalised when asked (docs/dmdl.md#A1.2, #A11). Training extracts its clustering
 features here (:meth:`dmdl.training.RunContext.features`), evaluation its query and gallery
 features (:func:`dmdl.evaluation.runner.evaluate_model`).
 """
@@ -44,12 +44,12 @@ def extract_features(
         model: returns (B, D) features in eval mode.
         paths: N image paths.
         height, width: input size in pixels.
-        flip: average with the horizontally flipped image (§A1.2, §A11).
+        flip: average with the horizontally flipped image (docs/dmdl.md#A1.2, #A11).
         renormalize: L2-normalise the (flip-averaged) feature.
         cache: decoded-image cache, see :class:`~dmdl.data.loading.ImageListDataset`.
         modality: ``"visible"`` or ``"infrared"``, the modality of all of
             ``paths``. A two-stream model (``model.two_stream`` true,
-            :class:`~dmdl.models.TwoStream`, §B2) is called as
+            :class:`~dmdl.models.TwoStream`, docs/mult.md#B2) is called as
             ``model(x, modality)`` so the images go through that modality's
             stem; one-stream models ignore it.
         interpolation: the resize, ``"bicubic"`` (DMDL) or ``"bilinear"`` (MULT); see

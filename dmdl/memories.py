@@ -2,7 +2,7 @@
 memory updates of a step as data (:class:`MemoryUpdate`, applied in order by
 :meth:`CrossModalMemory.apply`).
 
-A USL-VI-ReID epoch keeps several cluster memories (algorithm.md §A4.1, §A5.3):
+A USL-VI-ReID epoch keeps several cluster memories (docs/dmdl.md#A4.1, #A5.3):
 
 - one per modality (``"visible"``, ``"infrared"``), each over the labels its own
   samples carry: in stage 1 its DBSCAN clusters, in stage 2 the *unified* ids
@@ -11,7 +11,7 @@ A USL-VI-ReID epoch keeps several cluster memories (algorithm.md §A4.1, §A5.3)
 - optionally a modality-shared memory (``"shared"``) over all K unified ids,
   centroids of visible + infrared samples;
 - the label -> row table of each memory, and the modality prior
-  ``P(C = c) = N_c / (N_V + N_I)`` over non-outlier samples (§A5.3, used by CAI).
+  ``P(C = c) = N_c / (N_V + N_I)`` over non-outlier samples (docs/dmdl.md#A5.3, used by CAI).
 
 Labels given to this object are always label-space ids (stage 1: per-modality
 cluster ids; stage 2: unified ids); the row lookup happens here, so the method
@@ -21,7 +21,7 @@ Losses go through :func:`dmdl.ops.memory_loss` (hard labels: :meth:`CrossModalMe
 soft target rows: :meth:`CrossModalMemory.soft_loss`), updates through
 :func:`dmdl.ops.momentum_update_` (the C++ op on the CPU, Triton kernels on CUDA).
 
-MULT's six memories (§B4) live in the same object (:meth:`CrossModalMemory.from_centroids`: named
+MULT's six memories (docs/mult.md#B4) live in the same object (:meth:`CrossModalMemory.from_centroids`: named
 memories whose labels are their rows).
 
 Update order (the reference leaves it to autograd's backward order; we define
@@ -72,7 +72,7 @@ class CrossModalMemory(nn.Module):
         num_ids: K, the size of the label space (stage 1: unused, per-modality
             spaces differ; stage 2: the unified space).
         prior: ``{"visible": pi_V, "infrared": pi_I}``, non-outlier sample
-            shares (algorithm.md §A5.3).
+            shares (docs/dmdl.md#A5.3).
     """
 
     def __init__(self, memories: Mapping[str, ClusterMemory], id_to_row: Mapping[str, Tensor],
@@ -87,7 +87,7 @@ class CrossModalMemory(nn.Module):
     @classmethod
     def build(cls, features: Mapping[str, Tensor], labels: Mapping[str, np.ndarray], temperature: float = 0.05,
               momentum: float = 0.2, shared: bool = False) -> "CrossModalMemory":
-        """Memories from L2-normalised cluster centroids (rebuilt every epoch, §A4.1, §A5.3).
+        """Memories from L2-normalised cluster centroids (rebuilt every epoch, docs/dmdl.md#A4.1, #A5.3).
 
         Args:
             features: ``{"visible": (N_V, D), "infrared": (N_I, D)}`` float features, one device.
@@ -129,7 +129,7 @@ class CrossModalMemory(nn.Module):
     def from_centroids(cls, centroids: Mapping[str, Tensor], temperature: float = 0.05,
                        momentum: float = 0.2) -> "CrossModalMemory":
         """Named memories from (K_name, D) centroids (normalised here), each over its own label
-        space whose ids are its rows (MULT's six memories, §B4); no prior, no shared label space."""
+        space whose ids are its rows (MULT's six memories, docs/mult.md#B4); no prior, no shared label space."""
         memories = {k: ClusterMemory.from_centroids(c, temperature, momentum) for k, c in centroids.items()}
         tables = {k: torch.arange(len(c), device=c.device) for k, c in centroids.items()}
         return cls(memories, tables, {}, 0)
@@ -152,7 +152,7 @@ class CrossModalMemory(nn.Module):
         return self.memories[name].logits(features)
 
     def loss(self, name: str, features: Tensor, labels: Tensor) -> Tensor:
-        """Contrastive (cross-entropy) loss of features against memory ``name`` (§A4.4, §A5.5),
+        """Contrastive (cross-entropy) loss of features against memory ``name`` (docs/dmdl.md#A4.4, #A5.5),
         by :func:`dmdl.ops.memory_loss` (the gradient flows to ``features`` only).
 
         Args:
@@ -169,7 +169,7 @@ class CrossModalMemory(nn.Module):
 
     def soft_loss(self, name: str, features: Tensor, targets: Tensor) -> Tensor:
         """Soft-target cross-entropy ``mean_i(-sum_k t_ik log softmax(f̂_i M^T / T)_k)`` against memory
-        ``name`` (§A4.4 ``CE_soft``; equal to ``soft_cross_entropy(self.logits(name, f), t)``), by
+        ``name`` (docs/dmdl.md#A4.4 ``CE_soft``; equal to ``soft_cross_entropy(self.logits(name, f), t)``), by
         :func:`dmdl.ops.memory_loss`.
 
         Args:

@@ -10,11 +10,11 @@ test that uses it; add a parameter instead.
 * :func:`near_tie_features`, :func:`identical_rows_features`: clustered rows with exact and
   near duplicates (ties in the kNN ranking, empty k-reciprocal sets).
 * :func:`two_modality_features`: visible and infrared features of the same identities with a
-  modality gap (MULT's label transfer, algorithm.md §B3).
+  modality gap (MULT's label transfer, docs/mult.md#B3).
 * :func:`direction_features`: hand-made cluster directions, one row per label (cluster
-  association, algorithm.md §A5.2).
+  association, docs/dmdl.md#A5.2).
 * :func:`csr_tensor`, :func:`jaccard_affinity`: ``torch.sparse_csr`` matrices, the row-normalised
-  ``1 - Jaccard distance`` affinity of label propagation (algorithm.md §B3).
+  ``1 - Jaccard distance`` affinity of label propagation (docs/mult.md#B3).
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def csr_tensor(crow, col, val, shape: tuple[int, int]) -> Tensor:
 
 
 def jaccard_affinity(features: Tensor, k1: int, k2: int) -> Tensor:
-    """The label-propagation affinity of MULT (algorithm.md §B3): ``1 - Jaccard distance`` on
+    """The label-propagation affinity of MULT (docs/mult.md#B3): ``1 - Jaccard distance`` on
     the pairs :func:`dmdl.ops.jaccard_distance` stores (d < 1), row-normalised.
 
     Args:

@@ -1,5 +1,5 @@
 """Runs of several models: one per RegDB trial (each trained and tested on its own split), as the
-papers report RegDB ("ten trials"; docs/datasets.md), and one per seed (``--seeds``: the mean and
+papers report RegDB ("ten trials"; docs/docs/datasets.md), and one per seed (``--seeds``: the mean and
 spread over runs that differ only in their seed)."""
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def train_seeds(cfg: Config, seeds: Sequence[int], method: type, trials: Sequenc
     root = Path(cfg.run.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     (root / CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2))
-    (root / SEEDS_NAME).write_text(json.dumps({"seeds": list(seeds), "trials": None if trials is None else list(trials)}))
+    listed = {"seeds": list(seeds), "trials": None if trials is None else list(trials)}
+    (root / SEEDS_NAME).write_text(json.dumps(listed))
     per_seed: dict[int, dict] = {}
     for s in seeds:
         print(f"===== seed {s} =====", flush=True)

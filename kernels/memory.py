@@ -1,7 +1,7 @@
 """Triton kernels of the cluster-memory step (CUDA tensors), installed as ``dmdl.kernels.memory``.
 
 Semantics are those of :func:`dmdl.ops.memory_loss` and :func:`dmdl.ops.momentum_update_`
-(Cluster-Contrast, ACCV 2022; algorithm.md §A4.1, §A5.5; performance.md §3); the C++ CPU
+(Cluster-Contrast, ACCV 2022; docs/dmdl.md#A4.1, #A5.5; docs/benchmarks.md#memory-step); the C++ CPU
 kernels (csrc/cpu/memory_cpu.cpp, csrc/include/dmdl/memory.h) compute the same thing.
 
 * :func:`memory_loss_forward` — loss and d loss / d features: the logits GEMM and the

@@ -33,7 +33,7 @@ def test_imca_errors():
         imca(f, np.array([-1, -1, -1]), f, np.array([0, 1, 1]), anchor="infrared")
 
 
-# ---- nearest_sample_matching (RegDB sample-level matching, algorithm.md §A5.2) ----
+# ---- nearest_sample_matching (RegDB sample-level matching, docs/dmdl.md#A5.2) ----
 
 from dmdl.pseudo_labels import nearest_sample_matching  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""GMM label certainty (algorithm.md §A4.3, §A5.4)."""
+"""GMM label certainty (docs/dmdl.md#A4.3, #A5.4)."""
 
 import sys
 import warnings

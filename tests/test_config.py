@@ -19,7 +19,7 @@ def test_presets_load_and_carry_published_values():
     assert (llcm["k1"], llcm["eps"]) == (25, 0.6)
     for name in preset_names():
         cfg = flat(name)
-        # memory momentum: 0.2 in DMDL (§A8), 0.1 in MULT (§B4)
+        # memory momentum: 0.2 in DMDL (docs/dmdl.md#A8), 0.1 in MULT (docs/mult.md#B4)
         assert cfg["lr"] == 3.5e-4 and cfg["temperature"] == 0.05
         assert cfg["momentum"] == (0.1 if cfg["method"] == "mult" else 0.2)
 
@@ -124,9 +124,9 @@ def test_parse_trials_rejects(text):
         parse_trials(text)
 
 
-# algorithm.md §A1.1 (stage lengths, iterations, batch, LR step, top-k, k1, eps) and §A10
-# (Adam 3.5e-4, weight decay 5e-4), §A4.1/§A8 (momentum 0.2, temperature 0.05, lambda_cai 0.5,
-# lambda_fa 1), §A4.3/§A5.4/§A5.6 (refinement from stage-1 epoch 30 and stage-2 epoch 5; late
+# docs/dmdl.md#A1.1 (stage lengths, iterations, batch, LR step, top-k, k1, eps) and docs/dmdl.md#A10
+# (Adam 3.5e-4, weight decay 5e-4), docs/dmdl.md#A4.1/#A8 (momentum 0.2, temperature 0.05, lambda_cai 0.5,
+# lambda_fa 1), docs/dmdl.md#A4.3/#A5.4/#A5.6 (refinement from stage-1 epoch 30 and stage-2 epoch 5; late
 # inter-modality epochs from 40 on SYSU/LLCM, 25 on RegDB; one global GMM on RegDB), typed in
 # from the spec's table, not read from the presets.
 PUBLISHED = {
@@ -156,7 +156,7 @@ def test_published_presets_match_the_spec_table(name):
 
 @pytest.mark.parametrize("base", ["sysu", "regdb", "regdb-cpu"])
 def test_ablation_presets_switch_exactly_the_table_3_modules(base):
-    rows = {  # Table 3 of the DMDL paper (algorithm.md §A12.3): CAI, CBT-data, CBT-label, CBT-feature
+    rows = {  # Table 3 of the DMDL paper (docs/dmdl.md#A12.3): CAI, CBT-data, CBT-label, CBT-feature
         "baseline": (False, False, False, False), "cai": (True, False, False, False),
         "cai-data": (True, True, False, False), "cai-data-label": (True, True, True, False),
         "cai-data-feature": (True, True, False, True), "cbt": (False, True, True, True),
@@ -185,7 +185,7 @@ def test_base_presets_nest_and_yaml_files_can_extend_presets(tmp_path):
 
 
 def test_lr_milestones_count_epochs_over_both_stages():
-    """MULT's schedule (§B5): x0.1 at epochs 20, 60, 80 of 40 + 50, across the stage boundary."""
+    """MULT's schedule (docs/mult.md#B5): x0.1 at epochs 20, 60, 80 of 40 + 50, across the stage boundary."""
     import torch
 
     from dmdl.config import parse_milestones
@@ -253,9 +253,9 @@ def test_sections_own_their_keys_and_defaults():
 
     shared = [f.name for cls in SHARED_SECTIONS for f in dataclasses.fields(cls)]
     assert len(shared) == len(set(shared))
-    assert load_config({"method": "dmdl"}).method.momentum == 0.2  # §A8
+    assert load_config({"method": "dmdl"}).method.momentum == 0.2  # docs/dmdl.md#A8
     assert load_config({"method": "mult", "two_stream": True, "batch_size": 64, "num_instances": 16}
-                       ).method.momentum == 0.1  # §B4
+                       ).method.momentum == 0.1  # docs/mult.md#B4
 
 
 def test_a_config_json_of_the_flat_version_still_reads():

@@ -28,7 +28,7 @@ RESIZE = {"dmdl": T.InterpolationMode.BICUBIC, "mult": T.InterpolationMode.BILIN
 
 
 def _reference_features(model, paths, height, width, modality, resize=T.InterpolationMode.BICUBIC):
-    """Written from algorithm.md §A11: resize, ToTensor, ImageNet normalisation; the eval-mode
+    """Written from docs/dmdl.md#A11: resize, ToTensor, ImageNet normalisation; the eval-mode
     features of the image and of its horizontal flip, averaged, L2-normalised."""
     tf = T.Compose([T.Resize((height, width), interpolation=resize), T.ToTensor(), T.Normalize(MEAN, STD)])
     x = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])

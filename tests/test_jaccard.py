@@ -1,4 +1,4 @@
-"""Tests of the k-reciprocal Jaccard distance (dmdl.ops.jaccard, algorithm.md §A9): compiled
+"""Tests of the k-reciprocal Jaccard distance (dmdl.ops.jaccard, docs/dmdl.md#A9): compiled
 kernels vs the pure-PyTorch reference vs an independent NumPy implementation (the reference
 repositories' dense formulation); the sparse output against the dense one; DBSCAN on the sparse
 graph against scikit-learn on the dense matrix. The exact kNN underneath: tests/test_knn.py."""

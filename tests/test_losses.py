@@ -8,7 +8,7 @@ from dmdl.losses import soft_cross_entropy, triplet_loss, triplet_weight
 from dmdl.methods.dmdl import DMDLConfig
 
 # the published schedules are the config defaults (their one source); the weights per epoch below
-# are typed in from the paper (algorithm.md §A4.4/§A5.5/§A8)
+# are typed in from the paper (docs/dmdl.md#A4.4/#A5.5/#A8)
 STAGE1_TRIPLET_SCHEDULE = parse_schedule(DMDLConfig().stage1_triplet)
 STAGE2_TRIPLET_SCHEDULE = parse_schedule(DMDLConfig().stage2_triplet)
 from _reference import np_triplet

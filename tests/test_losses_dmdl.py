@@ -1,5 +1,5 @@
-"""Tests of the DMDL-specific losses: mmd_loss (§A7.3), cai_loss (§A6), topk_prediction (§A4.3),
-refined_targets (§A7.2), each against an independent NumPy float64 reference."""
+"""Tests of the DMDL-specific losses: mmd_loss (docs/dmdl.md#A7.3), cai_loss (docs/dmdl.md#A6), topk_prediction (docs/dmdl.md#A4.3),
+refined_targets (docs/dmdl.md#A7.2), each against an independent NumPy float64 reference."""
 
 import numpy as np
 import pytest

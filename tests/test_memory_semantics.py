@@ -6,7 +6,7 @@ Function whose forward returns ``x̂ M^T`` and whose backward computes ``grad @ 
 buffer *as it is then* and afterwards updates the buffer with its samples (``m <- mu m + (1-mu)
 x̂``, renormalised, in batch order, rows holding the sample's label). Autograd runs the calls'
 backwards in reverse creation order, as it does in the released code. The loss compositions are
-written from the papers' formulas (docs/dmdl.md §A4-§A7, docs/mult.md §B4): DMDL's stage-2
+written from the papers' formulas (docs/dmdl.md docs/dmdl.md#A4-#A7, docs/mult.md docs/mult.md#B4): DMDL's stage-2
 infrared call then visible call, each reading the visible then the infrared memory (its own, and
 the anchor's when its samples are the mapped modality; otherwise a copy's product); MULT's reads
 ``U_vis(v), U_vis(a), U_ir(r), O, G(v), G(a), G(r)``.
@@ -206,7 +206,7 @@ def test_dmdl_stage2_forward_differs_where_a_memory_is_read_twice(anchor):
 
 # ------------------------------------------------------------------------------- DMDL, stage 1
 def test_dmdl_stage1_reads_each_memory_once_so_both_semantics_are_the_released_step():
-    """Stage 1 (docs/dmdl.md §A4): one read of each modality memory by both views, refined soft
+    """Stage 1 (docs/dmdl.md docs/dmdl.md#A4): one read of each modality memory by both views, refined soft
     targets; the released call updates after its own gradient, which is the forward-time one."""
     rng = np.random.default_rng(3)
     cfg = DMDLConfig()

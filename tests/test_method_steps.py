@@ -49,7 +49,7 @@ def dmdl_case(stage: int, anchor: str | None, refine: bool, inter: bool, w_tri: 
 
 
 def np_dmdl_targets(f, y, w, mem, k, refine, swap, num):
-    """Soft targets: one-hot, or w onehot(y) + (1 - w) P_hat(swapped view) (§A4.3, §A7.2)."""
+    """Soft targets: one-hot, or w onehot(y) + (1 - w) P_hat(swapped view) (docs/dmdl.md#A4.3, #A7.2)."""
     onehot = np.eye(num)[y]
     if not refine:
         return onehot
@@ -60,7 +60,7 @@ def np_dmdl_targets(f, y, w, mem, k, refine, swap, num):
 
 
 def np_dmdl_loss(out, y, w, plan, cfg: DMDLConfig):
-    """The DMDL loss of one step, composed in NumPy from the formulas (docs/dmdl.md §A4.4, §A5.5, §A6-§A8)."""
+    """The DMDL loss of one step, composed in NumPy from the formulas (docs/dmdl.md#A4.4, #A5.5, #A6-#A8)."""
     f = {"visible": out[: 2 * B], "infrared": out[2 * B:]}
     mem = {k: _arr(v.features) for k, v in plan.memory.memories.items()}
     row = {k: v.cpu().numpy() for k, v in plan.memory.id_to_row.items()}
@@ -179,7 +179,7 @@ def mult_case(stage: int, space: str | None, seed: int = 0):
 
 
 def np_mult_loss(f, hard, soft, plan, cfg: MULTConfig):
-    """MULT's loss of one step, composed in NumPy from §B4 (docs/mult.md)."""
+    """MULT's loss of one step, composed in NumPy from docs/mult.md#B4 (docs/mult.md)."""
     mem = {k: _arr(v.features) for k, v in plan.memory.memories.items()}
 
     def ce(name, view, t):

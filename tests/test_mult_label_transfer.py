@@ -1,7 +1,7 @@
-"""MULT label transfer (algorithm.md §B3) against a dense NumPy re-derivation written from the spec.
+"""MULT label transfer (docs/mult.md#B3) against a dense NumPy re-derivation written from the spec.
 
 The reference below uses no code of dmdl.pseudo_labels.mult: dense float64 matrices, the unshifted
-kernel exp(-25 P), the four propagation updates and the stopping rule as algorithm.md §B3 lists
+kernel exp(-25 P), the four propagation updates and the stopping rule as docs/mult.md#B3 lists
 them, and the argmax labels.
 """
 

@@ -1,4 +1,4 @@
-"""MULT's batch samplers (algorithm.md §B5)."""
+"""MULT's batch samplers (docs/mult.md#B5)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""OCLR loss (algorithm.md §B4) against its formula, by NumPy."""
+"""OCLR loss (docs/mult.md#B4) against its formula, by NumPy."""
 
 import numpy as np
 import pytest

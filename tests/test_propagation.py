@@ -1,4 +1,4 @@
-"""Tests of MULT's label-propagation step (dmdl.ops.propagation, algorithm.md §B3 step 4): the
+"""Tests of MULT's label-propagation step (dmdl.ops.propagation, docs/mult.md#B3.4): the
 compiled op ``dmdl::propagate`` and its wrapper against an independent scipy.sparse re-derivation
 of ``a * A @ x + b * z`` in float64, on random sparse affinities (empty rows, K = 1, K off the
 tile widths, nnz = 0, unsorted and repeated columns) and a row-normalised 1 - Jaccard affinity;
@@ -150,7 +150,7 @@ def test_jaccard_affinity_matches_scipy_and_dense_path():
 
 
 def test_twenty_iterations_match_float64_reference():
-    # MULT's homogeneous step Y <- 0.5 A Y + 0.5 Y, 20 times (algorithm.md §B3 step 4).
+    # MULT's homogeneous step Y <- 0.5 A Y + 0.5 Y, 20 times (docs/mult.md#B3.4).
     aff = jaccard_affinity(clustered_features(240, seed=3), 20, 6)
     dense64 = aff.to_dense().double().numpy()
     y = labels(240, 40, 7)

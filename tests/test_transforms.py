@@ -1,4 +1,4 @@
-"""Tests of DMDL's training views (algorithm.md §A3): channel transforms,
+"""Tests of DMDL's training views (docs/dmdl.md#A3): channel transforms,
 pseudo-color, timm random erasing, train_views and TwoViewDataset."""
 
 import itertools

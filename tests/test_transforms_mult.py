@@ -1,4 +1,4 @@
-"""Tests of MULT's training augmentations (algorithm.md §B5): ChannelRandomErasing,
+"""Tests of MULT's training augmentations (docs/mult.md#B5): ChannelRandomErasing,
 the bounded LinearTransform and mult_train_views."""
 
 import random

@@ -1,4 +1,4 @@
-"""Tests for dmdl.models.two_stream (MULT's two-stream backbone, algorithm.md §B2) and its wiring
+"""Tests for dmdl.models.two_stream (MULT's two-stream backbone, docs/mult.md#B2) and its wiring
 (build_model, extract_features, the DMDL training step)."""
 
 import warnings

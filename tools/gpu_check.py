@@ -116,7 +116,7 @@ OPTIONAL = {
     "pip": (("pip",), "--build pip"),
 }
 
-SIZES = {  # op sizes: a GPU run (the SYSU-MM01 workload, performance.md) and a CPU dry run
+SIZES = {  # op sizes: a GPU run (the SYSU-MM01 workload, docs/benchmarks.md) and a CPU dry run
     "gpu": dict(jaccard_n=34167, jaccard_d=2048, mem_b=256, mem_k=1000, mem_d=2048, prop_n=22258, prop_k=400,
                 prop_d=256, lt_rgb=22258, lt_ir=11909, lt_d=256, warmup=3, repeat=10),
     "dry-run": dict(jaccard_n=800, jaccard_d=64, mem_b=64, mem_k=50, mem_d=64, prop_n=800, prop_k=40, prop_d=32,

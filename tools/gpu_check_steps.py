@@ -25,8 +25,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-K1, K2 = 30, 6  # Jaccard parameters of every reference repository (performance.md §1)
-TEMPERATURE, MOMENTUM = 0.05, 0.2  # memory step (performance.md §3)
+K1, K2 = 30, 6  # Jaccard parameters of every reference repository (docs/benchmarks.md#jaccard)
+TEMPERATURE, MOMENTUM = 0.05, 0.2  # memory step (docs/benchmarks.md#memory-step)
 CUDA_TEST_PATTERN = re.compile(r"\.cuda\(\)|cuda_compiled\(\)|device=[\"']cuda|DEV = [\"']cuda")
 
 
@@ -351,7 +351,7 @@ def step_cuda_tests(out, ctx) -> None:
 
 # =============================================================================== op timings
 def step_time_memory(out, ctx) -> None:
-    """One memory-bank step: loss + backward + momentum update (performance.md §3)."""
+    """One memory-bank step: loss + backward + momentum update (docs/benchmarks.md#memory-step)."""
     from dmdl.ops.memory import memory_loss, memory_loss_reference, momentum_update_, momentum_update_reference
 
     dev, s = _device(ctx), ctx["sizes"]
@@ -399,7 +399,7 @@ def step_time_memory(out, ctx) -> None:
 
 
 def step_time_propagation(out, ctx) -> None:
-    """One step ``Y <- a A Y + b Z`` on MULT's 1 - Jaccard affinity (performance.md §4)."""
+    """One step ``Y <- a A Y + b Z`` on MULT's 1 - Jaccard affinity (docs/benchmarks.md#propagation)."""
     import torch
 
     from dmdl.ops import propagate
@@ -450,7 +450,7 @@ def _label_transfer_inputs(ctx, dev):
 
 
 def step_time_label_transfer(out, ctx) -> None:
-    """MULT's label transfer, sparse Jaccard graph against the dense reference (performance.md §4)."""
+    """MULT's label transfer, sparse Jaccard graph against the dense reference (docs/benchmarks.md#propagation)."""
     from dmdl.pseudo_labels.mult import mult_label_transfer
 
     dev, s = _device(ctx), ctx["sizes"]
@@ -512,7 +512,7 @@ def _baseline_knn(dev):
 
 
 def step_time_jaccard(out, ctx) -> None:
-    """k-reciprocal Jaccard distance (performance.md §1): ours against kNN + the reference row loops."""
+    """k-reciprocal Jaccard distance (docs/benchmarks.md#jaccard): ours against kNN + the reference row loops."""
     import torch
 
     from dmdl.ops import jaccard_distance

@@ -1,4 +1,4 @@
-// CPU kernel of dmdl::jaccard_sparse: the k-reciprocal Jaccard distance (algorithm.md §A9) from
+// CPU kernel of dmdl::jaccard_sparse: the k-reciprocal Jaccard distance (docs/dmdl.md#A9) from
 // exact neighbour lists (dmdl::knn), as a CSR matrix of every pair whose distance is < 1.
 // Rows run through at::parallel_for; each step is a per-row function of dmdl/jaccard.h, the same
 // code the CUDA kernel runs.

@@ -1,5 +1,5 @@
-// CPU kernels of the cluster-memory step (Cluster-Contrast, ACCV 2022; algorithm.md §A4.1,
-// §A5.5; performance.md §3):
+// CPU kernels of the cluster-memory step (Cluster-Contrast, ACCV 2022; docs/dmdl.md#A4.1, #A5.5
+// ; docs/benchmarks.md#memory-step):
 //
 //   dmdl::memory_loss_forward  loss and d loss / d features in one call: the two GEMMs
 //                              (logits, feature gradient) run in ATen (MKL); the feature

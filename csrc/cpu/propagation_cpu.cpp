@@ -1,5 +1,5 @@
 // CPU kernel of dmdl::propagate, the label-propagation step of MULT (arXiv 2402.00672;
-// algorithm.md §B3 step 4; performance.md §4): out = a * A @ x + b * z with A a CSR affinity.
+// docs/mult.md#B3.4; docs/benchmarks.md#propagation): out = a * A @ x + b * z with A a CSR affinity.
 //
 // The CSR structure is checked on the host first (dmdl/propagation_host.h). Rows run through
 // at::parallel_for (grain from the mean work per row); each row is computed by row_columns of

@@ -1,4 +1,4 @@
-// CUDA kernel of dmdl::jaccard_sparse: the k-reciprocal Jaccard distance (algorithm.md §A9) from
+// CUDA kernel of dmdl::jaccard_sparse: the k-reciprocal Jaccard distance (docs/dmdl.md#A9) from
 // exact neighbour lists (dmdl::knn) as a CSR matrix of every pair with d < 1, the result of the
 // CPU kernel (csrc/cpu/jaccard_cpu.cpp) up to float rounding order. Each step runs the per-item
 // functions of dmdl/jaccard.h that the CPU's per-row functions are made of:

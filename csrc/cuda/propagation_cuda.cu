@@ -1,5 +1,5 @@
 // CUDA kernel of dmdl::propagate, the label-propagation step of MULT (arXiv 2402.00672;
-// algorithm.md §B3 step 4; performance.md §4): out = a * A @ x + b * z with A a CSR affinity,
+// docs/mult.md#B3.4; docs/benchmarks.md#propagation): out = a * A @ x + b * z with A a CSR affinity,
 // the same bits as the CPU kernel (csrc/cpu/propagation_cpu.cpp) through the same per-row code
 // (row_valid and row_columns of dmdl/propagation.h, one column per thread).
 //

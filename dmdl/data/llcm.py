@@ -1,6 +1,6 @@
 """Reader for LLCM (Low-Light Cross-Modality) in its raw layout.
 
-Layout (``datasets.md`` section 3.1)::
+Layout (docs/datasets.md#llcm-layout)::
 
     LLCM/
       idx/train_vis.txt  train_nir.txt  test_id.txt  [test_vis.txt  test_nir.txt]
@@ -55,7 +55,7 @@ def parse_llcm_line(line: str, folder: str) -> Tuple[List[str], int, int]:
 
 
 class LLCM(VIReIDDataset):
-    """LLCM reader (``datasets.md`` section 3).
+    """LLCM reader (docs/datasets.md#llcm).
 
     Args:
         root: the ``LLCM`` folder.

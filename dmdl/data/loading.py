@@ -1,5 +1,5 @@
 """Image loading with clear errors, and datasets over (path, label) lists
-(one view per image, or DMDL's two views per image: algorithm.md §A3)."""
+(one view per image, or DMDL's two views per image: docs/dmdl.md#A3)."""
 
 from __future__ import annotations
 
@@ -76,8 +76,8 @@ class ImageListDataset(Dataset):
 
 
 class TwoViewDataset(ImageListDataset):
-    """Images with integer labels, two augmented views per image (algorithm.md
-    §A3; DMDL arXiv 2512.03745 Fig. 4): the reference loads an image once and
+    """Images with integer labels, two augmented views per image (docs/dmdl.md#A3
+    ; DMDL arXiv 2512.03745 Fig. 4): the reference loads an image once and
     applies two independent transforms to it.
 
     Items are ``(view0, view1, label, index)`` with ``view0 = transforms[0](img)``

@@ -1,4 +1,4 @@
-"""MULT's batch samplers (algorithm.md §B5): paired RGB and IR index lists per iteration.
+"""MULT's batch samplers (docs/mult.md#B5): paired RGB and IR index lists per iteration.
 
 Each iteration draws identities, then ``num_instances`` images per identity: without replacement
 when the identity has *more* than ``num_instances`` images, with replacement otherwise (MULT's

@@ -1,6 +1,6 @@
 """Reader for RegDB (Dongguk DBPerson-Recog-DB1) in its standard raw layout.
 
-Layout (``datasets.md`` section 2.1)::
+Layout (docs/datasets.md#regdb-layout)::
 
     RegDB/
       Visible/<pid>/<gender>_<front|back>_v_<frame5>_<pid>.bmp
@@ -143,7 +143,7 @@ def parse_regdb_line(line: str, folder: str) -> Tuple[List[str], int, int]:
 
 
 class RegDB(VIReIDDataset):
-    """RegDB reader for one trial (``datasets.md`` section 2).
+    """RegDB reader for one trial (docs/datasets.md#regdb).
 
     Args:
         root: the ``RegDB`` folder (holding ``Visible/``, ``Thermal/``,

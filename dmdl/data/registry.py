@@ -9,7 +9,7 @@ the engine read it; none keeps its own list of dataset names.
 
 Entries name their functions by import path (``"module:attribute"``, loaded by
 :meth:`DatasetInfo.load`), so this module imports neither torch nor :mod:`dmdl.evaluation`.
-The protocols themselves are described in docs/datasets.md.
+The protocols themselves are described in docs/docs/datasets.md.
 """
 
 from __future__ import annotations

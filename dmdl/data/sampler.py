@@ -1,4 +1,4 @@
-"""Camera-aware pseudo-identity sampler (algorithm.md §A4.2).
+"""Camera-aware pseudo-identity sampler (docs/dmdl.md#A4.2).
 
 Port of Cluster-Contrast's ``RandomMultipleGallerySampler`` (used unchanged by DMDL), with
 its replacement rule kept exactly, per shuffled pseudo-identity:
@@ -18,7 +18,7 @@ rarely have one member, so this matters little. ``pad_singletons=True`` instead 
 anchor ``num_instances`` times (the fast-reid variant), which keeps the alignment.
 
 Inter-modality batches (DMDL's late stage 2, ``RandomMultipleGallerySamplerInterModality``,
-algorithm.md §A5.6): one visible and one infrared sampler built with the same ``id_order``
+docs/dmdl.md#A5.6): one visible and one infrared sampler built with the same ``id_order``
 (:func:`shared_identity_order`, a shuffle of the union of unified ids) yield their groups
 for the same identities at the same positions, so batch b of both loaders holds the same
 pseudo-identities; an id absent from a modality is replaced there by a random id of that

@@ -1,6 +1,6 @@
 """Reader for SYSU-MM01 in its raw camera-folder layout.
 
-Layout (``datasets.md`` section 1.1)::
+Layout (docs/datasets.md#sysu-layout)::
 
     SYSU-MM01/                 <- ``root``
       [ori_data/]              <- optional level (AGW keeps the raw data here)
@@ -94,7 +94,7 @@ def list_image_files(folder: str) -> List[str]:
 
 
 class SYSUMM01(VIReIDDataset):
-    """SYSU-MM01 reader (``datasets.md`` sections 1.1-1.3).
+    """SYSU-MM01 reader (docs/datasets.md#sysu).
 
     Args:
         root: the ``SYSU-MM01`` folder; cameras and ``exp/`` may sit directly
@@ -191,7 +191,7 @@ def collect_camera_folders(base: str, ids: Sequence[int], cams: Sequence[int],
 
     Ids ascending as given, cameras in the given order, files sorted; missing or
     empty folders are skipped (not every id appears in every camera). Shared by
-    the SYSU-MM01 and LLCM test layouts (datasets.md §1.1, §3.1).
+    the SYSU-MM01 and LLCM test layouts (docs/datasets.md#sysu-layout, #llcm-layout).
     """
     records: List[ImageRecord] = []
     index: Dict[Tuple[int, int], Tuple[str, ...]] = {}

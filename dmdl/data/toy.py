@@ -1,7 +1,7 @@
 """Procedurally generated toy VI-ReID datasets in the exact raw layouts.
 
 :func:`make_toy_dataset` writes a small synthetic dataset laid out exactly
-like RegDB, SYSU-MM01 or LLCM (``datasets.md`` sections 1.1, 2.1, 3.1), so
+like RegDB, SYSU-MM01 or LLCM (docs/datasets.md#sysu-layout, #regdb-layout, #llcm-layout), so
 readers, protocols and training loops can be exercised without the real
 data.  Nothing here derives from real images.
 

@@ -1,4 +1,4 @@
-"""Image transforms for training and testing (algorithm.md §A2, §A3).
+"""Image transforms for training and testing (docs/dmdl.md#A2, #A3).
 
 Built on torchvision (plus timm's RandomErasing and OpenCV colormaps). The
 modality-specific transforms of ADCA/DMDL (ChannelExchange for visible images,
@@ -25,7 +25,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ChannelExchange:
-    """ADCA's visible channel augmentation "CA" (algorithm.md §A3; ADCA
+    """ADCA's visible channel augmentation "CA" (docs/dmdl.md#A3; ADCA
     ``ChannelAug.ChannelExchange``; DMDL arXiv 2512.03745 Fig. 4).
 
     Draws ``idx`` uniformly from {0, ..., gray} (``random.randint(0, gray)``).
@@ -63,7 +63,7 @@ class ChannelExchange:
 
 
 class ChannelAdapGray:
-    """Infrared channel augmentation (algorithm.md §A3; ADCA
+    """Infrared channel augmentation (docs/dmdl.md#A3; ADCA
     ``ChannelAug.ChannelAdapGray``).
 
     Draws ``idx`` uniformly from {0, 1, 2, 3}: 0-2 copy that channel into all
@@ -90,7 +90,7 @@ class ChannelAdapGray:
         return f"{type(self).__name__}(probability={self.probability})"
 
 
-# Candidate OpenCV colormaps per output channel (algorithm.md §A3).
+# Candidate OpenCV colormaps per output channel (docs/dmdl.md#A3).
 PSEUDO_COLOR_MAPS: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = (
     (cv2.COLORMAP_OCEAN, cv2.COLORMAP_CIVIDIS),  # 5, 17: source of channel 0
     (cv2.COLORMAP_INFERNO, cv2.COLORMAP_AUTUMN),  # 14, 0: source of channel 1
@@ -99,7 +99,7 @@ PSEUDO_COLOR_MAPS: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = (
 
 
 class PseudoColor:
-    """DMDL's infrared "pseudo-color" augmentation (algorithm.md §A3; DMDL
+    """DMDL's infrared "pseudo-color" augmentation (docs/dmdl.md#A3; DMDL
     arXiv 2512.03745 Fig. 4).
 
     The image becomes a uint8 (H, W, 3) array; three colormap ids are drawn
@@ -135,7 +135,7 @@ class PseudoColor:
 
 
 def random_erasing(max_area: float = 0.5) -> RandomErasing:
-    """timm ``RandomErasing`` as DMDL uses it (algorithm.md §A3): probability
+    """timm ``RandomErasing`` as DMDL uses it (docs/dmdl.md#A3): probability
     0.5, area fraction 0.02-``max_area`` (0.5; RegDB stage 2: 0.6), timm's
     default log-uniform aspect ratio in [0.3, 1/0.3], ``mode='pixel'`` (per-pixel
     N(0, 1) noise), one box, on CPU. Applied to a normalised (3, H, W) float
@@ -165,7 +165,7 @@ def test_transform(height: int, width: int, interpolation: str = "bicubic") -> T
 
 
 def _geometric(height: int, width: int) -> list:
-    """Steps 1-4 of algorithm.md §A3: bicubic resize, zero pad 10, random crop, flip."""
+    """Steps 1-4 of docs/dmdl.md#A3: bicubic resize, zero pad 10, random crop, flip."""
     return [
         T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC),
         T.Pad(10),
@@ -176,7 +176,7 @@ def _geometric(height: int, width: int) -> list:
 
 def train_views(modality: str, height: int, width: int,
                 erasing_max_area: float = 0.5, pseudo_color: bool = True) -> tuple[Callable, Callable]:
-    """DMDL's two training transforms of one modality (algorithm.md §A3; DMDL
+    """DMDL's two training transforms of one modality (docs/dmdl.md#A3; DMDL
     arXiv 2512.03745 Fig. 4), each mapping an RGB PIL image to a (3, height,
     width) float32 tensor. "geo" = bicubic Resize, Pad(10), RandomCrop,
     RandomHorizontalFlip(0.5); "norm" = ToTensor, ImageNet Normalize; "RE" =

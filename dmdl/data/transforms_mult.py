@@ -1,4 +1,4 @@
-"""MULT's training augmentations (algorithm.md §B5; [CODE-M] ``ChannelAug.py``, ``dataset.py``).
+"""MULT's training augmentations (docs/mult.md#B5; docs/README.md#code-m ``ChannelAug.py``, ``dataset.py``).
 
 MULT (arXiv 2402.00672) trains on three images per sample: two views of a
 visible image and one view of an infrared image, with two transforms of its
@@ -66,8 +66,8 @@ def _draw_box(height: int, width: int, min_area: float, max_area: float, aspect:
 
 
 class ChannelRandomErasing:
-    """MULT/ADCA's random erasing with a constant fill per channel (algorithm.md §B5;
-    [CODE-M] ``ChannelAug.ChannelRandomErasing``).
+    """MULT/ADCA's random erasing with a constant fill per channel (docs/mult.md#B5;
+    docs/README.md#code-m ``ChannelAug.ChannelRandomErasing``).
 
     With probability ``probability`` (the reference's test: skip when
     ``random.uniform(0, 1) > probability``), draws a rectangle (see below) up
@@ -133,7 +133,7 @@ class ChannelRandomErasing:
 
 
 class LinearTransform:
-    """MULT's random-rectangle intensity scaling, bounded (algorithm.md §B5; [CODE-M]
+    """MULT's random-rectangle intensity scaling, bounded (docs/mult.md#B5; docs/README.md#code-m
     ``ChannelAug.LinearTransform``).
 
     With probability ``probability`` (skip when ``random.uniform(0, 1) >
@@ -252,7 +252,7 @@ def _jitter() -> T.ColorJitter:
 
 
 def mult_train_views(modality: str, height: int, width: int, stage: int) -> Tuple[Callable, Callable]:
-    """MULT's training transforms of one modality and stage (algorithm.md §B5; [CODE-M]
+    """MULT's training transforms of one modality and stage (docs/mult.md#B5; docs/README.md#code-m
     ``dataset.py``, ``pseudo_label_dataset``), each mapping an RGB PIL image to a
     (3, height, width) float32 tensor.
 

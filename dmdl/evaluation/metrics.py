@@ -30,7 +30,7 @@ Common definitions (per query, on the ranked and filtered gallery list):
   MATLAB protocol) the filtered list first keeps only the first occurrence of every
   gallery identity. ``cmc[k - 1]`` is rank-k.
 
-See ``datasets.md`` §1.4/§1.5 (SYSU-MM01), §2.3 (RegDB) and §3.2 (LLCM) of the
+See docs/datasets.md#sysu-camera-rule/#metrics (SYSU-MM01), #regdb-protocol (RegDB) and #llcm-protocol (LLCM) of the
 project specification.
 """
 
@@ -256,7 +256,7 @@ eval_sysu.__doc__ = (
 
     For each query the gallery is sorted by ascending distance (stable ties by gallery
     index). If the query comes from camera 3, every gallery item from camera 2 is
-    removed, whatever its identity (cameras 2 and 3 share a room; datasets.md §1.4).
+    removed, whatever its identity (cameras 2 and 3 share a room; docs/datasets.md#sysu-camera-rule).
     Queries from other cameras keep the whole gallery. On the filtered list:
 
     * CMC: identity-deduplicated, following the SYSU-MM01 authors' MATLAB protocol —
@@ -266,7 +266,7 @@ eval_sysu.__doc__ = (
       2021).
     * Queries with no true match after filtering are skipped and not counted.
 
-    Source: datasets.md §1.5; algorithm.md §A11 "Metrics".
+    Source: docs/datasets.md#metrics; docs/datasets.md#metrics.
 """
     + _COMMON_DOC.format(cam_params=_CAM_PARAMS)
 )
@@ -285,7 +285,7 @@ eval_llcm.__doc__ = (
     are broken stably by gallery index; queries with no remaining true match are
     skipped.
 
-    Source: datasets.md §3.2; algorithm.md §A11 "Metrics".
+    Source: docs/datasets.md#llcm-protocol; docs/datasets.md#metrics.
 """
     + _COMMON_DOC.format(cam_params=_CAM_PARAMS)
 )
@@ -303,7 +303,7 @@ eval_regdb.__doc__ = (
     (first-match cumulative). Ties are broken stably by gallery index. Queries with no
     true match in the gallery are skipped (never the case on the standard RegDB split).
 
-    Source: datasets.md §2.3; algorithm.md §A11 "Metrics"; INP from Ye et al., TPAMI
+    Source: docs/datasets.md#regdb-protocol; docs/datasets.md#metrics; INP from Ye et al., TPAMI
     2021.
 """
     + _COMMON_DOC.format(cam_params="")

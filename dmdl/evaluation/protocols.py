@@ -1,6 +1,6 @@
 """Query / gallery construction for the VI-ReID benchmarks.
 
-Implements the test protocols of ``datasets.md`` (sections 1.3, 2.3, 3.2) on
+Implements the test protocols of (docs/datasets.md#sysu-protocol, #regdb-protocol, #llcm-protocol) on
 top of the readers of :mod:`dmdl.data`.  Gallery sampling uses only the
 per-camera test indexes the readers built (``test_visible_index`` /
 ``test_infrared_index``: ``{(pid, cam): sorted paths}``), so no directory is
@@ -74,7 +74,7 @@ def sample_gallery(index: Mapping[Tuple[int, int], Sequence[str]],
 
 def sysu_query_gallery(dataset, mode: str = "all", trial: int = 0,
                        shots: int = 1) -> QueryGallery:
-    """SYSU-MM01 query and gallery for one trial (``datasets.md`` 1.3).
+    """SYSU-MM01 query and gallery for one trial (docs/datasets.md#sysu-protocol).
 
     Query: every IR test image of cams 3 and 6 (``dataset.test_infrared``
     filtered to those cameras; identical for all trials).
@@ -106,7 +106,7 @@ def sysu_query_gallery(dataset, mode: str = "all", trial: int = 0,
 
 
 def regdb_query_gallery(dataset, direction: str = "v2t") -> QueryGallery:
-    """RegDB query and gallery (``datasets.md`` 2.3); no sampling.
+    """RegDB query and gallery (docs/datasets.md#regdb-protocol); no sampling.
 
     ``"v2t"`` (visible to thermal, the AGW default): query = all test visible
     images, gallery = all test thermal images.  ``"t2v"``: swapped.
@@ -119,7 +119,7 @@ def regdb_query_gallery(dataset, direction: str = "v2t") -> QueryGallery:
 
 
 def llcm_query_gallery(dataset, mode: str = "ir2vis", trial: int = 0) -> QueryGallery:
-    """LLCM query and gallery for one trial (``datasets.md`` 3.2).
+    """LLCM query and gallery for one trial (docs/datasets.md#llcm-protocol).
 
     ``"ir2vis"`` (DEEN default): query = all ``test_nir`` images; gallery =
     one random VIS image per (test id ascending, VIS camera 1..9 in order,

@@ -1,4 +1,4 @@
-"""Evaluate a model on a dataset's test protocol (algorithm.md §A11, datasets.md).
+"""Evaluate a model on a dataset's test protocol (docs/dmdl.md#A11, docs/datasets.md).
 
 Features: ``normalize((model(x) + model(flip(x))) / 2)`` with ``model`` in
 eval mode (already L2-normalised); distance = ``-q @ g.T`` (negative cosine).
@@ -85,7 +85,7 @@ def evaluate_model(model: nn.Module, dataset_name: str, dataset, height: int, wi
     kw = dict(height=height, width=width, device=device, workers=workers, batch_size=batch_size,
               interpolation=interpolation)
     vis, ir = dataset.test_visible, dataset.test_infrared
-    # each modality through its own stem when the model is two-stream (§B6)
+    # each modality through its own stem when the model is two-stream (docs/mult.md#B6)
     bank_v = _FeatureBank(extract(model, [r.path for r in vis], desc="test visible", modality="visible", **kw), vis)
     bank_i = _FeatureBank(extract(model, [r.path for r in ir], desc="test infrared", modality="infrared", **kw), ir)
     banks = {"visible": bank_v, "infrared": bank_i}

@@ -1,9 +1,9 @@
 """Export the inference graph of a checkpoint: ONNX, TorchScript, or a slim ``pth``.
 
 The graph is the backbone, GeM pooling and BN neck, L2-normalised (the model in eval mode,
-algorithm.md §A2): input ``images``, float32 (B, 3, H, W), RGB resized (``interpolation`` of the metadata: bicubic for DMDL, bilinear for MULT) to the
+docs/dmdl.md#A2): input ``images``, float32 (B, 3, H, W), RGB resized (``interpolation`` of the metadata: bicubic for DMDL, bilinear for MULT) to the
 checkpoint's H x W and normalised with the ImageNet mean/std; output ``features``, float32
-(B, D), unit rows. A two-stream model (MULT, §B2) takes a second input ``modality``, int64
+(B, D), unit rows. A two-stream model (MULT, docs/mult.md#B2) takes a second input ``modality``, int64
 (B,), 0 = visible, 1 = infrared, which picks each row's stem (both stems run on the batch,
 the row's one is kept; the stem is a small part of the network). The batch size is dynamic.
 Flip averaging is not in the graph: evaluation averages the features of an image and of its

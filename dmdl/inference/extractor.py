@@ -1,11 +1,11 @@
 """Features of any images from a trained dmdl checkpoint (``dmdl.FeatureExtractor``).
 
-The features are those of the test protocol (algorithm.md §A11): each image is decoded as
+The features are those of the test protocol (docs/dmdl.md#A11): each image is decoded as
 RGB, resized to the checkpoint's ``height x width`` (bicubic for DMDL, bilinear for MULT: the
 checkpoint's ``Config.resize()``), normalised with the ImageNet
 mean/std (:func:`dmdl.data.transforms.test_transform`), embedded in eval mode together with
 its horizontal flip, the two L2-normalised features averaged and the mean L2-normalised
-again. A two-stream model (MULT, algorithm.md §B2) runs the images through the stem of the
+again. A two-stream model (MULT, docs/mult.md#B2) runs the images through the stem of the
 modality given. Fed to the metric functions, these features give ``dmdl evaluate``'s numbers.
 """
 
@@ -155,7 +155,8 @@ class FeatureExtractor:
         if not items:
             raise InputError("no image given")
         in_memory = any(not isinstance(src, str) for _, src in items)
-        loader = DataLoader(_Decoded(items, self.height, self.width, self.loaded.interpolation), batch_size=self.batch_size, shuffle=False,
+        decoded = _Decoded(items, self.height, self.width, self.loaded.interpolation)
+        loader = DataLoader(decoded, batch_size=self.batch_size, shuffle=False,
                             num_workers=0 if in_memory else self.workers)
         feats, names, skipped = [], [], []
         bar = progress_bar(loader, desc, enabled=self.progress)

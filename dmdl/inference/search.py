@@ -2,7 +2,7 @@
 
 The distance between two L2-normalised features is their squared Euclidean distance
 ``2 - 2 q.g`` (in [0, 4]); it ranks the gallery exactly as the protocol's ``-q.g``
-(algorithm.md §A11). Re-ranking follows Zhong et al., "Re-ranking Person Re-identification
+(docs/dmdl.md#A11). Re-ranking follows Zhong et al., "Re-ranking Person Re-identification
 with k-reciprocal Encoding", CVPR 2017, through :func:`dmdl.ops.jaccard_distance`; see
 :func:`k_reciprocal_distances` for exactly what is computed and where it departs from the paper.
 """

@@ -1,10 +1,10 @@
-"""Losses of DMDL and MULT (algorithm.md §A4.3-§A4.4, §A5.4-§A5.5, §A6, §A7, §A8, §B4).
+"""Losses of DMDL and MULT (docs/dmdl.md#A4.3-#A4.4, #A5.4-#A5.5, #A6, #A7, #A8, docs/mult.md#B4).
 
 One module per loss: :mod:`.triplet` (batch-hard triplet loss and the λ_tri(e) schedules of the two
 DMDL stages), :mod:`.soft_ce` (soft-target cross-entropy), :mod:`.mmd` (the multi-kernel MMD
-feature-alignment loss L_fa, §A7.3), :mod:`.cai` (the CAI backdoor-adjusted loss L_cai, §A6),
+feature-alignment loss L_fa, docs/dmdl.md#A7.3), :mod:`.cai` (the CAI backdoor-adjusted loss L_cai, docs/dmdl.md#A6),
 :mod:`.refinement` (the two pieces of the label-level CBT refinement: the top-k-truncated
-prediction P̂, §A4.3, and the refined targets ỹ, §A7.2) and :mod:`.oclr` (MULT's OCLR term, §B4).
+prediction P̂, docs/dmdl.md#A4.3, and the refined targets ỹ, docs/dmdl.md#A7.2) and :mod:`.oclr` (MULT's OCLR term, docs/mult.md#B4).
 This package only re-exports them.
 """
 

@@ -1,4 +1,4 @@
-"""CAI, DMDL's backdoor-adjusted loss L_cai over the two modality memories (algorithm.md §A6;
+"""CAI, DMDL's backdoor-adjusted loss L_cai over the two modality memories (docs/dmdl.md#A6;
 paper Eqs. 4-6 and 9)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ __all__ = ["cai_loss", "cai_loss_from_logits"]
 
 def cai_loss(features: Tensor, memory_v: Tensor, memory_i: Tensor, ids_v: Tensor, ids_i: Tensor,
              prior_v: float, targets: Tensor, temperature: float = 0.05) -> Tensor:
-    """CAI backdoor-adjusted soft NLL ``L_cai`` (algorithm.md §A6; paper Eqs. 4-6 and 9).
+    """CAI backdoor-adjusted soft NLL ``L_cai`` (docs/dmdl.md#A6; paper Eqs. 4-6 and 9).
 
     Reference code: ``cm_causal_softtopk.py`` (per modality batch, both views concatenated).
     With ``f̂ = normalize(features)`` and ``π_I = 1 - π_V``:
@@ -33,7 +33,7 @@ def cai_loss(features: Tensor, memory_v: Tensor, memory_i: Tensor, ids_v: Tensor
     A memory whose prior is 0 is not evaluated.
 
     Gradients reach ``features`` through both memories; the memories are detached (they are
-    momentum-updated buffers, §A5.5). ``targets`` are used as given (detach them beforehand; in
+    momentum-updated buffers, docs/dmdl.md#A5.5). ``targets`` are used as given (detach them beforehand; in
     DMDL they are the refined labels ỹ of :func:`refined_targets`, or one-hot).
 
     Args:

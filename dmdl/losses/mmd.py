@@ -1,4 +1,4 @@
-"""Multi-kernel Gaussian MMD, DMDL's feature-alignment loss L_fa (algorithm.md §A7.3; paper Eq. 14)."""
+"""Multi-kernel Gaussian MMD, DMDL's feature-alignment loss L_fa (docs/dmdl.md#A7.3; paper Eq. 14)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ __all__ = ["mmd_loss"]
 
 
 def mmd_loss(source: Tensor, target: Tensor) -> Tensor:
-    """Multi-kernel Gaussian MMD between two equally sized batches (L_fa, algorithm.md §A7.3).
+    """Multi-kernel Gaussian MMD between two equally sized batches (L_fa, docs/dmdl.md#A7.3).
 
     Source: paper Eq. 14 (DMDL, feature-level CBT); the estimator is exactly the reference
     code's ``utils/loss.py::DAN_new``, used between the original and the augmented views of
-    one modality (weight λ_fa = 1, §A4.4, §A5.5):
+    one modality (weight λ_fa = 1, docs/dmdl.md#A4.4, #A5.5):
 
     * ``Z = [S; T]`` (2n × D) on the features as given (raw BN-neck features, NOT normalised);
     * ``D²_ij = ||z_i - z_j||²``, computed with the Gram trick on mean-centred ``Z`` (distances

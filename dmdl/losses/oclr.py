@@ -1,4 +1,4 @@
-"""OCLR, MULT's Online Cross-memory Label Refinement (algorithm.md §B4; MULT arXiv 2402.00672).
+"""OCLR, MULT's Online Cross-memory Label Refinement (docs/mult.md#B4; MULT arXiv 2402.00672).
 
 In MULT's cross stage the *aggregated* memory's prediction of a sample is supervised by the
 sharpened prediction of a modality memory for *another view* of the sample (or of the same view
@@ -19,7 +19,7 @@ __all__ = ["oclr_loss"]
 
 
 def oclr_loss(pred: Tensor, target: Tensor, sharpen: float = 0.2, detach_target: bool = False) -> Tensor:
-    """One OCLR term ``SCE(pred <- target)`` (algorithm.md §B4).
+    """One OCLR term ``SCE(pred <- target)`` (docs/mult.md#B4).
 
     Args:
         pred: (B, K) float logits of the aggregated memory (cosine / temperature).

@@ -1,5 +1,5 @@
-"""Label-level CBT refinement of DMDL: the top-k-truncated prediction P̂ (algorithm.md §A4.3,
-§A5.5; paper Eq. 11) and the refined targets ỹ (§A7.2; paper Eq. 8)."""
+"""Label-level CBT refinement of DMDL: the top-k-truncated prediction P̂ (docs/dmdl.md#A4.3, #A5.5
+; paper Eq. 11) and the refined targets ỹ (docs/dmdl.md#A7.2; paper Eq. 8)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ __all__ = ["refined_targets", "topk_prediction"]
 
 
 def topk_prediction(features: Tensor, memory: Tensor, k: int, temperature: float = 0.05) -> Tensor:
-    """Top-k-truncated memory softmax P̂(Y|X) used for label refinement (algorithm.md §A4.3, §A5.5).
+    """Top-k-truncated memory softmax P̂(Y|X) used for label refinement (docs/dmdl.md#A4.3, #A5.5).
 
     Paper Eq. 11 (NWGM approximation of P(Y|X) by the memory softmax); the top-k truncation is
     the reference code's (k = 3 in stage 1 over the modality memory, k = 10 in stage 2 over the
@@ -58,7 +58,7 @@ def topk_prediction(features: Tensor, memory: Tensor, k: int, temperature: float
 
 
 def refined_targets(labels: Tensor, certainty: Tensor, swapped_prediction: Tensor) -> Tensor:
-    """Refined soft labels ``ỹ = w·onehot(y) + (1 - w)·P̂`` (algorithm.md §A7.2, paper Eq. 8; §A4.3, §A5.5).
+    """Refined soft labels ``ỹ = w·onehot(y) + (1 - w)·P̂`` (docs/dmdl.md#A7.2, paper Eq. 8; docs/dmdl.md#A4.3, #A5.5).
 
     The prediction mixed in is that of the OTHER view of the same image (the "exchange" of CBT):
     the original view's target uses the augmented view's P̂ and the augmented view's target uses
@@ -68,7 +68,7 @@ def refined_targets(labels: Tensor, certainty: Tensor, swapped_prediction: Tenso
 
     Args:
         labels: (B,) int64 pseudo-labels y in [0, K) (outliers removed).
-        certainty: (B,) floating certainty w in [0, 1] (GMM posterior, §A4.3/§A5.4; 1 = keep
+        certainty: (B,) floating certainty w in [0, 1] (GMM posterior, docs/dmdl.md#A4.3/#A5.4; 1 = keep
             the one-hot label, e.g. before refinement starts).
         swapped_prediction: (B, K) floating P̂ of the other view (e.g. :func:`topk_prediction`),
             rows summing to 1.

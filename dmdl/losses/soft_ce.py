@@ -1,4 +1,4 @@
-"""Cross-entropy with soft (probability) targets (algorithm.md §A4.4, ``CE_soft``)."""
+"""Cross-entropy with soft (probability) targets (docs/dmdl.md#A4.4, ``CE_soft``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
     This is exactly ``F.cross_entropy(logits, targets)`` with class-probability targets
     (PyTorch >= 1.10), which for ``reduction='mean'`` divides by the batch size N; the
-    reference code calls it that way (algorithm.md §A4.4 ``CE_soft``). With one-hot targets it
+    reference code calls it that way (docs/dmdl.md#A4.4 ``CE_soft``). With one-hot targets it
     equals the ordinary hard-label cross-entropy. Rows of ``targets`` are not renormalised.
 
     Args:

@@ -1,4 +1,4 @@
-"""Batch-hard triplet loss and its λ_tri(e) schedules (algorithm.md §A4.4, §A5.5, §A8).
+"""Batch-hard triplet loss and its λ_tri(e) schedules (docs/dmdl.md#A4.4, #A5.5, #A8).
 
 :func:`triplet_loss` is the AGW/ADCA/DMDL ``TripletLoss`` (Hermans et al. 2017, batch-hard);
 :func:`triplet_weight` reads a piecewise-constant schedule, such as DMDL's ``stage1_triplet`` /
@@ -25,7 +25,7 @@ def triplet_loss(features: Tensor, labels: Tensor, margin: float = 0.3) -> Tenso
 
     Source: Hermans, Beyer & Leibe 2017, "In Defense of the Triplet Loss for Person
     Re-Identification" (batch-hard variant), as computed by the ``TripletLoss`` of the
-    AGW/ADCA/DMDL reference code (algorithm.md §A4.4, §A5.5):
+    AGW/ADCA/DMDL reference code (docs/dmdl.md#A4.4, #A5.5):
 
     * ``dist_ij = sqrt(clamp(||x_i||² + ||x_j||² - 2 x_i·x_j, min=1e-12))`` on the features
       as given (NOT L2-normalised);
@@ -81,7 +81,7 @@ def triplet_loss(features: Tensor, labels: Tensor, margin: float = 0.3) -> Tenso
 
 
 def triplet_weight(schedule: Sequence[tuple[int, float]], epoch: int) -> float:
-    """λ_tri at ``epoch`` for a piecewise-constant schedule (algorithm.md §A8).
+    """λ_tri at ``epoch`` for a piecewise-constant schedule (docs/dmdl.md#A8).
 
     Args:
         schedule: ``(first_epoch, weight)`` pairs, strictly increasing in ``first_epoch``,

@@ -1,11 +1,11 @@
 """Re-ID backbones.
 
-:class:`AGW` is the one-stream AGW ResNet of algorithm.md §A2 (DMDL's
+:class:`AGW` is the one-stream AGW ResNet of docs/dmdl.md#A2 (DMDL's
 ``agw_one``); :class:`MobileNetV2ReID` is a light MobileNetV2 with the same
 GeM + BN-neck head. :func:`build_model` builds either (``arch`` in
 :data:`ARCH_NAMES`) and loads ImageNet or file weights via
 :func:`load_pretrained`; with ``two_stream=True`` it wraps the model in a
-:class:`TwoStream` (one stem per modality, MULT's backbone, algorithm.md §B2).
+:class:`TwoStream` (one stem per modality, MULT's backbone, docs/mult.md#B2).
 
 Layout, each module importing only those listed before it: :mod:`.layers`
 (non-local block, GeM, BN neck) and :mod:`.weights` (:class:`LoadReport`,

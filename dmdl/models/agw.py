@@ -1,4 +1,4 @@
-"""One-stream AGW backbone used by DMDL (algorithm.md §A2).
+"""One-stream AGW backbone used by DMDL (docs/dmdl.md#A2).
 
 AGW: Ye et al., "Deep Learning for Person Re-identification: A Survey and
 Outlook", TPAMI 2021. The model is a torchvision ResNet with the last stage at
@@ -61,7 +61,7 @@ _STATE_DICT_KIND = "torchvision ResNet"  # for the messages of the weights reade
 
 
 class AGW(nn.Module):
-    """One-stream AGW re-ID model on a torchvision ResNet (algorithm.md §A2).
+    """One-stream AGW re-ID model on a torchvision ResNet (docs/dmdl.md#A2).
 
     Layout: stem (conv1, bn1, ReLU, maxpool) -> layer1..layer4 with non-local
     blocks after selected residual blocks -> GeM (p fixed) -> BatchNorm1d neck

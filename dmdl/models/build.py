@@ -1,4 +1,4 @@
-"""Build a re-ID backbone by name and load its pretrained weights (algorithm.md §A2, §B2).
+"""Build a re-ID backbone by name and load its pretrained weights (docs/dmdl.md#A2, docs/mult.md#B2).
 
 The registry of architectures (:data:`ARCH_NAMES`: the ResNets of
 :data:`~dmdl.models.agw.ARCHS` and ``"mobilenet_v2"``), :func:`build_model`,
@@ -154,7 +154,7 @@ def build_model(
             two-stream state dict; see :func:`build_two_stream`.
         two_stream: wrap the model in a
             :class:`~dmdl.models.two_stream.TwoStream` (one stem per modality,
-            algorithm.md §B2), after loading the one-stream weights, so both
+            docs/mult.md#B2), after loading the one-stream weights, so both
             stems start from the same (e.g. ImageNet) stem weights.
         **kwargs: passed to the model: ``non_local``, ``last_stride``,
             ``gem_p`` for ``AGW``; ``last_stride``, ``gem_p`` for

@@ -1,5 +1,5 @@
 """Ghost BatchNorm: the BatchNorm statistics of a multi-GPU DataParallel run, on one device
-(algorithm.md §A2).
+(docs/dmdl.md#A2).
 
 DMDL's reference run wraps the model in ``nn.DataParallel`` on 4 GPUs without SyncBN: every replica
 runs the whole model on its chunk of the batch, so every BatchNorm layer normalises each GPU's

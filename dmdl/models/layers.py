@@ -1,6 +1,6 @@
 """Building blocks of the AGW backbone: the non-local block and GeM pooling.
 
-Source: algorithm.md §A2. Non-local block after Wang et al., "Non-local Neural
+Source: docs/dmdl.md#A2. Non-local block after Wang et al., "Non-local Neural
 Networks", CVPR 2018 (dot-product form, as used by AGW: Ye et al., "Deep
 Learning for Person Re-identification: A Survey and Outlook", TPAMI 2021).
 GeM after Radenović et al., "Fine-tuning CNN Image Retrieval with No Human
@@ -96,8 +96,8 @@ class NonLocalBlock(nn.Module):
 def gem(x: Tensor, p: float = 3.0, eps: float = 1e-12) -> Tensor:
     """Generalized-mean pooling over the spatial dimensions with a fixed power.
 
-    Computes ``(mean_{h,w} max(x, 0)^p + eps)^(1/p)`` per channel (algorithm.md
-    §A2: ``(mean x³ + 1e-12)^(1/3)``). Negative inputs are clamped to 0 first so
+    Computes ``(mean_{h,w} max(x, 0)^p + eps)^(1/p)`` per channel (docs/dmdl.md#A2
+    : ``(mean x³ + 1e-12)^(1/3)``). Negative inputs are clamped to 0 first so
     the root is always real; for post-ReLU features (the AGW case) the clamp
     changes nothing. The power and mean are computed in float32 (x³ overflows
     float16 quickly) and the result is cast back to ``x.dtype``.
@@ -141,7 +141,7 @@ class GeM(nn.Module):
 
 
 def bn_neck(dim: int) -> nn.BatchNorm1d:
-    """The BNNeck of AGW/DMDL (algorithm.md §A2): ``BatchNorm1d(dim)``, weight ~ N(1, 0.01),
+    """The BNNeck of AGW/DMDL (docs/dmdl.md#A2): ``BatchNorm1d(dim)``, weight ~ N(1, 0.01),
     bias 0 and frozen (``requires_grad=False``)."""
     neck = nn.BatchNorm1d(dim)
     nn.init.normal_(neck.weight, 1.0, 0.01)
@@ -152,7 +152,7 @@ def bn_neck(dim: int) -> nn.BatchNorm1d:
 
 def embed(pool: nn.Module, neck: nn.Module, feature_map: Tensor, training: bool, return_pooled: bool):
     """Pool a (B, C, h, w) feature map and pass it through the neck: the raw neck feature in
-    training, the L2-normalised one in evaluation (§A2); ``(pooled, feature)`` with
+    training, the L2-normalised one in evaluation (docs/dmdl.md#A2); ``(pooled, feature)`` with
     ``return_pooled``."""
     pooled = pool(feature_map)
     feat = neck(pooled)

@@ -2,7 +2,7 @@
 
 MobileNetV2: Sandler et al., "MobileNetV2: Inverted Residuals and Linear
 Bottlenecks", CVPR 2018 (torchvision's ``mobilenet_v2``). The head follows
-AGW (Ye et al., TPAMI 2021; algorithm.md §A2): GeM pooling with a fixed
+AGW (Ye et al., TPAMI 2021; docs/dmdl.md#A2): GeM pooling with a fixed
 p = 3 (Radenović et al., TPAMI 2018) and a BatchNorm neck whose bias is
 frozen. Like the ResNet AGW, the last stride-2 stage is run at stride 1
 (``last_stride=1``). There are no non-local blocks.

@@ -1,10 +1,10 @@
-"""Two-stream backbone: one stem per modality, everything else shared (algorithm.md §B2).
+"""Two-stream backbone: one stem per modality, everything else shared (docs/mult.md#B2).
 
-MULT (arXiv 2402.00672, [CODE-M] ``model/network.py``), like ADCA and PGM
+MULT (arXiv 2402.00672, docs/README.md#code-m ``model/network.py``), like ADCA and PGM
 before it, uses a "two-stream" AGW ResNet-50: the visible and the infrared
 images each go through their own stem (conv1, bn1, ReLU, maxpool), and the
 two stem outputs are concatenated along the batch before the shared layer1-4,
-GeM pooling and BN neck. DMDL's own backbone is one-stream (§A2).
+GeM pooling and BN neck. DMDL's own backbone is one-stream (docs/dmdl.md#A2).
 
 :class:`TwoStream` turns any one-stream model of this package that has a
 ``stem``/``trunk`` split (:class:`~dmdl.models.AGW`,
@@ -46,7 +46,7 @@ Modality = Union[str, Tensor, None]
 
 
 class TwoStream(nn.Module):
-    """Modality-specific stems in front of a shared one-stream trunk (algorithm.md §B2).
+    """Modality-specific stems in front of a shared one-stream trunk (docs/mult.md#B2).
 
     Layout (ResNet AGW): ``stem_visible`` = (conv1, bn1, ReLU, maxpool) and
     ``stem_infrared`` = a second copy, then the wrapped model's layer1..layer4

@@ -1,4 +1,4 @@
-"""Backbone weights, for every model of this package (algorithm.md §A2, §B2).
+"""Backbone weights, for every model of this package (docs/dmdl.md#A2, docs/mult.md#B2).
 
 What a load did (:class:`LoadReport`), the checked copy of state-dict tensors into a model
 (:func:`load_backbone_keys`), reading a state-dict file (:func:`read_state_dict`) and the two

@@ -3,7 +3,7 @@ with k-reciprocal Encoding", CVPR 2017) as the reference repositories compute it
 
 Every DMDL/MULT/PGM/ADCA/Cluster-Contrast/SpCL repository calls
 ``faiss_rerank.compute_jaccard_distance(features, k1, k2)`` before DBSCAN. This
-module reproduces that function exactly (algorithm.md §A9):
+module reproduces that function exactly (docs/dmdl.md#A9):
 
 1. kNN: the ``k1`` nearest neighbours of every row by squared L2 distance
    ``|f_i|^2 + |f_j|^2 - 2 f_i.f_j`` in fp32 (the ranking of faiss ``IndexFlatL2``),
@@ -102,7 +102,7 @@ def jaccard_distance(features: Tensor, k1: int = 30, k2: int = 6, *, output: str
         ImportError: the compiled extension ``dmdl._C`` is not built (no fallback).
         RuntimeError: a CUDA tensor while the extension was built without CUDA.
 
-    Source: algorithm.md §A9; reference ``utils/faiss_rerank.py``; performance.md §1.
+    Source: docs/dmdl.md#A9; reference ``utils/faiss_rerank.py``; docs/benchmarks.md#jaccard.
     """
     _validate(features, k1, k2)
     if output not in ("sparse", "dense"):

@@ -1,7 +1,7 @@
 """Cluster memory bank: contrastive loss against cluster centroids + momentum update.
 
 Source: Cluster-Contrast (Dai et al., ACCV 2022) as used by ADCA, PGM and DMDL
-(algorithm.md §A4.1, §A4.4, §A5.5, §A8; performance.md §3).
+(docs/dmdl.md#A4.1, #A4.4, #A5.5, #A8; docs/benchmarks.md#memory-step).
 
 The op family used by every memory of the trainers:
 
@@ -196,8 +196,8 @@ def memory_loss(features: Tensor, memory: Tensor, targets: Tensor, temperature: 
         ImportError: the compiled extension ``dmdl._C`` is not built.
         RuntimeError: CUDA tensors without Triton installed.
 
-    Source: Cluster-Contrast (ACCV 2022) ClusterMemory; algorithm.md §A4.4 (soft targets,
-    stage 1), §A5.5 (hard labels, stage 2), §A8.
+    Source: Cluster-Contrast (ACCV 2022) ClusterMemory; docs/dmdl.md#A4.4 (soft targets,
+    stage 1), docs/dmdl.md#A5.5 (hard labels, stage 2), docs/dmdl.md#A8.
     """
     _check_features_memory(features, memory)
     if features.shape[0] < 1:
@@ -230,10 +230,10 @@ def momentum_update_(memory: Tensor, features: Tensor, labels: Tensor, momentum:
         labels: [B] integer labels, same device. Without ``row_ids``: the row itself, in
             [0, K). With ``row_ids``: label ids >= 0; samples whose label no row holds are skipped.
         momentum: a float (every sample) or a floating tensor [B] (per sample, e.g. DMDL's
-            adaptive ``eta_x = 0.2 / max(q_x, 0.2)`` of the shared memory, algorithm.md §A5.5,
+            adaptive ``eta_x = 0.2 / max(q_x, 0.2)`` of the shared memory, docs/dmdl.md#A5.5,
             paper Eqs. 12-13), same device. Values are not range-checked (no device sync).
         row_ids: None, or [K] integer: the label id each row holds (distinct, >= 0), for
-            memories that cover only some labels (stage-2 modality memories, §A5.3).
+            memories that cover only some labels (stage-2 modality memories, docs/dmdl.md#A5.3).
         hard: Cluster-Contrast's "hard" mode: per row, ONE update with the sample of LOWEST
             cosine similarity between x̂ and the current row (the first one in batch order on
             ties, as ``np.argmin``), with that sample's momentum. Distinct rows are independent,
@@ -250,7 +250,7 @@ def momentum_update_(memory: Tensor, features: Tensor, labels: Tensor, momentum:
         RuntimeError: CUDA tensors without Triton installed.
 
     Source: Cluster-Contrast (ACCV 2022) ``CM.backward`` / ``CM_Hard.backward``;
-    algorithm.md §A4.1, §A5.5, §A8, §B4.
+    docs/dmdl.md#A4.1, #A5.5, #A8, docs/mult.md#B4.
     """
     labels, mu, row_ids = _check_update_args(memory, features, labels, momentum, row_ids)
     _library.load()
@@ -280,9 +280,9 @@ def momentum_update_reference(memory: Tensor, features: Tensor, targets: Tensor,
     for ``hard``).
 
     For i = 0..B-1: ``m[r_i] <- normalize(mu_i * m[r_i] + (1 - mu_i) * x_i)`` where x_i is
-    ``features[i]`` L2-normalised (algorithm.md §A4.1), ``r_i`` the row of ``targets[i]`` and
+    ``features[i]`` L2-normalised (docs/dmdl.md#A4.1), ``r_i`` the row of ``targets[i]`` and
     ``mu_i`` the momentum (one float for every sample, or a (B,) tensor: DMDL's adaptive
-    ``eta_x = 0.2 / max(q_x, 0.2)`` of the shared memory, §A5.5, paper Eqs. 12-13;
+    ``eta_x = 0.2 / max(q_x, 0.2)`` of the shared memory, docs/dmdl.md#A5.5, paper Eqs. 12-13;
     ``mu_i >= 1`` leaves the row unchanged).
 
     Args:
@@ -387,7 +387,7 @@ def cluster_centroids(features: Tensor, labels: Tensor, num_clusters: int | None
 class ClusterMemory(nn.Module):
     """Memory bank of K cluster centroids with a contrastive (ClusterNCE) loss.
 
-    ``loss = CE(normalize(x) @ M.T / temperature, y)`` (algorithm.md §A4.4, §C), computed by
+    ``loss = CE(normalize(x) @ M.T / temperature, y)`` (docs/dmdl.md#A4.4, #C), computed by
     :func:`memory_loss` (hard labels or soft target rows). The memory rows are a buffer (no
     gradient); :meth:`update` applies the sequential momentum rule of
     :func:`momentum_update_` (reference: :func:`momentum_update_reference`).

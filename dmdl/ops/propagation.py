@@ -1,4 +1,4 @@
-"""Label-propagation step of MULT's label transfer (MULT, arXiv 2402.00672; algorithm.md §B3).
+"""Label-propagation step of MULT's label transfer (MULT, arXiv 2402.00672; docs/mult.md#B3).
 
 MULT propagates soft labels over homogeneous affinities (row-normalised ``1 - Jaccard``) and
 heterogeneous ones (a row-normalised transport plan or k-NN affinity) with updates of one form::
@@ -7,8 +7,8 @@ heterogeneous ones (a row-normalised transport plan or k-NN affinity) with updat
                                           Y_I <- 0.5 A_I Y_I + 0.5 Y_I
 
 with ``A`` a row-normalised ``[N_out, N_in]`` affinity, ``X`` ``[N_in, K]`` and ``Z`` ``[N_out, K]``
-dense float32 label matrices (algorithm.md §B3 step 4). The reference code builds ``A`` dense;
-``1 - Jaccard`` is non-zero on ~2% of the pairs (performance.md §4), so here ``A`` is normally a
+dense float32 label matrices (docs/mult.md#B3.4). The reference code builds ``A`` dense;
+``1 - Jaccard`` is non-zero on ~2% of the pairs (docs/benchmarks.md#propagation), so here ``A`` is normally a
 ``torch.sparse_csr`` tensor and the product runs in the compiled op ``torch.ops.dmdl.propagate``
 (csrc/cpu/propagation_cpu.cpp, csrc/cuda/propagation_cuda.cu; per-row code in
 csrc/include/dmdl/propagation.h): rows in parallel, each output entry accumulated in float32 in
@@ -121,8 +121,8 @@ def propagate(affinity: Tensor, x: Tensor, z: Tensor, a: float, b: float) -> Ten
             CUDA tensor while the extension was built without CUDA.
         ImportError: sparse ``affinity`` and the extension ``dmdl._C`` is not built.
 
-    Source: algorithm.md §B3 step 4 (MULT label transfer, ``cross_association.py::MULT``);
-    MULT, arXiv 2402.00672; performance.md §4.
+    Source: docs/mult.md#B3.4 (MULT label transfer, ``cross_association.py::MULT``);
+    MULT, arXiv 2402.00672; docs/benchmarks.md#propagation.
     """
     a, b = _check_args(affinity, x, z, a, b)
     x, z = x.detach(), z.detach()
@@ -153,7 +153,7 @@ def propagate_reference(affinity: Tensor, x: Tensor, z: Tensor, a: float, b: flo
 
 def row_normalize(affinity: Tensor) -> Tensor:
     """Each row of a non-negative affinity divided by its sum (MULT's ``row-normalize``,
-    algorithm.md §B3 step 3), in the layout it came in.
+    docs/mult.md#B3.3), in the layout it came in.
 
     A row that sums to 0 (no stored entries, or only zeros) stays 0. The sums are taken in
     float64 and the quotients rounded to the affinity's dtype. For a ``torch.sparse_csr`` input
@@ -171,7 +171,7 @@ def row_normalize(affinity: Tensor) -> Tensor:
         TypeError: not a tensor, another layout, or a non-floating dtype.
         ValueError: not 2-D, or a negative, NaN or infinite value.
 
-    Source: algorithm.md §B3 step 3 (MULT, arXiv 2402.00672).
+    Source: docs/mult.md#B3.3 (MULT, arXiv 2402.00672).
     """
     _check_affinity(affinity)
     if not affinity.is_floating_point():

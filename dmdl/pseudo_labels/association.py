@@ -1,11 +1,11 @@
-"""Cross-modality label association (algorithm.md §A5.2).
+"""Cross-modality label association (docs/dmdl.md#A5.2).
 
 iMCA, Iterative Maximum Confidence Alignment (DMDL paper §3.2, Eq. 2): every
 cluster of the *mapped* modality takes the label of its most similar cluster
 centroid (cosine) in the *anchor* modality. Many-to-one, no uniqueness
 constraint; outliers stay -1. The anchor alternates with the epoch parity.
 
-Alternatives compared in DMDL Table 4 (algorithm.md §A12.4), same signature and
+Alternatives compared in DMDL Table 4 (docs/dmdl.md#A12.4), same signature and
 return convention as :func:`imca`: :func:`hungarian_matching` (BGM, PGM's
 bipartite graph matching) and :func:`ot_matching` (optimal transport, as in
 DOTLA); MULT's label transfer is the fourth (:mod:`dmdl.pseudo_labels.mult`);
@@ -61,7 +61,7 @@ def nearest_sample_matching(
     labels_infrared: np.ndarray,
     anchor: str,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Sample-level matching, DMDL's RegDB variant of the association (algorithm.md §A5.2).
+    """Sample-level matching, DMDL's RegDB variant of the association (docs/dmdl.md#A5.2).
 
     Every sample of the *mapped* modality, DBSCAN outliers included, takes the
     label of its single nearest *anchor* sample by cosine similarity (features
@@ -98,7 +98,7 @@ def nearest_sample_matching(
     return lv.copy(), lv[nearest].copy(), k
 
 
-# ---- Association alternatives (DMDL Table 4, algorithm.md §A12.4, Part C) ----
+# ---- Association alternatives (DMDL Table 4, docs/dmdl.md#A12.4, #C) ----
 
 
 def _mapped_to_anchor_similarity(
@@ -145,7 +145,7 @@ def hungarian_matching(
     labels_infrared: np.ndarray,
     anchor: str,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Bipartite graph matching (BGM) of cluster centroids, PGM's association (algorithm.md Part C).
+    """Bipartite graph matching (BGM) of cluster centroids, PGM's association (docs/dmdl.md#C).
 
     Cost = 1/exp(cos) = exp(-cos) between L2-normalised centroids of the mapped
     and the anchor modality (monotone in -cos), solved with
@@ -155,7 +155,7 @@ def hungarian_matching(
     still-unmatched mapped clusters get further Hungarian passes against *all*
     anchor clusters (each pass again one-to-one within itself) until every
     mapped cluster has a label. PGM pads the cost matrix and runs one second
-    pass, which crashes when K_mapped > 2 K_anchor (PGM issue #2, §D3); the
+    pass, which crashes when K_mapped > 2 K_anchor (PGM issue #2, docs/decisions.md#D3); the
     repeated passes here generalise it. When K_mapped < K_anchor some anchor
     clusters get no partner. Outliers stay -1.
 
@@ -173,7 +173,7 @@ def hungarian_matching(
     Raises:
         ValueError: unknown anchor or a modality without clusters.
 
-    Source: PGM (CVPR'23) [CODE-PGM] stage-2 graph matching; DMDL Table 4 "BGM".
+    Source: PGM (CVPR'23) docs/README.md#code-pgm stage-2 graph matching; DMDL Table 4 "BGM".
     """
     lv, li, sim = _mapped_to_anchor_similarity(
         features_visible, labels_visible, features_infrared, labels_infrared, anchor)
@@ -283,7 +283,7 @@ def ot_matching(
     Warns:
         RuntimeWarning: Sinkhorn did not converge within ``iterations``.
 
-    Source: DOTLA (MM'23) as cited in DMDL Table 4 (algorithm.md §A12.4).
+    Source: DOTLA (MM'23) as cited in DMDL Table 4 (docs/dmdl.md#A12.4).
     """
     lv, li, sim = _mapped_to_anchor_similarity(
         features_visible, labels_visible, features_infrared, labels_infrared, anchor)

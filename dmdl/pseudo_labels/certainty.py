@@ -1,4 +1,4 @@
-"""Label certainty by a two-component GMM on the per-sample loss (algorithm.md §A4.3, §A5.4).
+"""Label certainty by a two-component GMM on the per-sample loss (docs/dmdl.md#A4.3, #A5.4).
 
 DMDL's CBT label level (paper Eqs. 8-13) smooths a sample's pseudo-label by
 w_i * onehot(y_i) + (1 - w_i) * P(Y | augmented view); w_i is the posterior of
@@ -41,9 +41,9 @@ def _low_mean_posterior(values: np.ndarray) -> np.ndarray | None:
 
 
 def certainty(prob_of_label, labels, per_cluster: bool = True, *, loss: str = "prob") -> np.ndarray:
-    """Per-sample label certainty w in [0, 1] (DMDL, algorithm.md §A4.3, §A5.4).
+    """Per-sample label certainty w in [0, 1] (DMDL, docs/dmdl.md#A4.3, #A5.4).
 
-    Rule (the released code, [PAPER≠CODE]):
+    Rule (the released code, docs/decisions.md#paper-vs-code):
 
     1. loss l_i = -p_i, the negative *probability* of the sample's own label
        (the paper's Eq. 10 writes -log p; the code uses -p).
@@ -84,7 +84,7 @@ def certainty(prob_of_label, labels, per_cluster: bool = True, *, loss: str = "p
             ``labels`` not 1-D integer, with a value < -1, or not of the same
             length as ``prob_of_label``.
 
-    Source: DMDL [CODE-D] stage-1/stage-2 trainers, GMM certainty (§A4.3, §A5.4, §D3).
+    Source: DMDL docs/README.md#code-d stage-1/stage-2 trainers, GMM certainty (docs/dmdl.md#A4.3, #A5.4, docs/decisions.md#D3).
     """
     p = np.asarray(prob_of_label, dtype=np.float64)
     y = np.asarray(labels)

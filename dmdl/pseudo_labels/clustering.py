@@ -1,4 +1,4 @@
-"""Pseudo-labels by k-reciprocal Jaccard distance + DBSCAN (algorithm.md §A1.2, §A9)."""
+"""Pseudo-labels by k-reciprocal Jaccard distance + DBSCAN (docs/dmdl.md#A1.2, #A9)."""
 
 from __future__ import annotations
 

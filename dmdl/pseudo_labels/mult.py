@@ -1,4 +1,4 @@
-"""MULT label transfer: Modality-Unified Label Transfer (algorithm.md §B3; MULT, arXiv 2402.00672).
+"""MULT label transfer: Modality-Unified Label Transfer (docs/mult.md#B3; MULT, arXiv 2402.00672).
 
 Run once per cross-stage epoch of MULT, on *all* training samples (DBSCAN outliers included):
 
@@ -44,7 +44,7 @@ def pairwise_sq_dist(x: Tensor, y: Tensor) -> Tensor:
 
 def sinkhorn_knopp(cost: Tensor, lam: float = 25.0, max_iter: int = 500, tol: float = 0.1,
                    check_every: int = 10) -> tuple[Tensor, Tensor, Tensor, int]:
-    """Balanced Sinkhorn-Knopp scaling of the kernel ``exp(-lam * cost)`` (MULT §B3 step 2).
+    """Balanced Sinkhorn-Knopp scaling of the kernel ``exp(-lam * cost)`` (MULT docs/mult.md#B3.2).
 
     Uniform marginals: every row sends ``1/M``, every column receives ``1/N``. Starting from
     ``beta = 1/N``, each step sets ``alpha = (1/M) / (K beta)`` then ``beta = (1/N) / (K^T alpha)``;
@@ -134,7 +134,7 @@ def _as_torch_distances(dist, n: int, name: str, device) -> Tensor:
 
 
 def homogeneous_affinity(dist) -> Tensor:
-    """``rownorm(1 - D)`` (§B3 step 3) from a Jaccard distance matrix, keeping its layout.
+    """``rownorm(1 - D)`` (docs/mult.md#B3.3) from a Jaccard distance matrix, keeping its layout.
 
     Dense (N, N) distances give a dense float32 affinity; a sparse CSR (the Jaccard op's
     ``output="sparse"``: the pairs with d < 1, absent pairs at exactly 1) gives a CSR affinity with
@@ -197,7 +197,7 @@ def _knn_affinity(x: Tensor, y: Tensor, k: int, lam: float, block: int = 4096) -
 
 def propagate_labels(a_ab, a_ba, a_a, a_b, y_a0: Tensor, y_b0: Tensor, alpha: float = 0.2,
                      max_iter: int = 20, tol: float = 1e-2) -> tuple[Tensor, Tensor, int]:
-    """MULT's alternating label propagation in one label space (§B3 step 4, ``lp`` of the code).
+    """MULT's alternating label propagation in one label space (docs/mult.md#B3.4, ``lp`` of the code).
 
     Samples of modality a (affinity ``a_a``, labels ``Y_a``) and of modality b (``a_b``, ``Y_b``),
     both over the same K labels; ``a_ab`` (N_a, N_b) and ``a_ba`` (N_b, N_a) the heterogeneous
@@ -239,7 +239,7 @@ def mult_label_transfer(features_rgb: Tensor, features_ir: Tensor, centers_rgb: 
                         dist_rgb, dist_ir, alpha: float = 0.2, temperature: float = 0.05, lam: float = 25.0, *,
                         cross_affinity: str = "dense", cross_k: int = 30, max_iter: int = 20,
                         tol: float = 1e-2) -> dict:
-    """MULT's label transfer (algorithm.md §B3; MULT arXiv 2402.00672, ``cross_association.MULT``).
+    """MULT's label transfer (docs/mult.md#B3; MULT arXiv 2402.00672, ``cross_association.MULT``).
 
     Args:
         features_rgb: (N_R, D) float L2-normalised features of every RGB training sample (outliers
@@ -314,7 +314,7 @@ def mult_label_transfer(features_rgb: Tensor, features_ir: Tensor, centers_rgb: 
 
 
 def mult_soft_labels(y: Tensor, beta: float = 0.7) -> Tensor:
-    """The β step of MULT (§B3 step 6): ``beta onehot(argmax_k y) + (1 - beta) y``, row-wise.
+    """The β step of MULT (docs/mult.md#B3.6): ``beta onehot(argmax_k y) + (1 - beta) y``, row-wise.
 
     Args:
         y: (N, K) float propagated labels. beta: in [0, 1] (0.7 in MULT).
@@ -329,7 +329,7 @@ def mult_soft_labels(y: Tensor, beta: float = 0.7) -> Tensor:
 
 def dbscan_centers(features: Tensor, labels) -> Tensor:
     """(K, D) float32 mean of the (normalised) features of each DBSCAN cluster 0..K-1, not
-    renormalised (MULT's ``generate_center``; §B1 step 3). Outliers (-1) are ignored.
+    renormalised (MULT's ``generate_center``; docs/mult.md#B1.3). Outliers (-1) are ignored.
 
     Raises:
         ValueError: no cluster, or a cluster id in [0, K) without a member.

@@ -37,7 +37,7 @@ from dmdl.models.from_config import build_model_from_config
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch RNGs (CUDA too); cuDNN deterministic, no benchmark (§A10)."""
+    """Seed Python, NumPy and torch RNGs (CUDA too); cuDNN deterministic, no benchmark (docs/dmdl.md#A10)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -123,8 +123,8 @@ class RunContext:
 
     def features(self, modality: str, renormalize: bool, flip: bool = True) -> torch.Tensor:
         """Eval-mode features of a modality's training images, flip-averaged unless ``flip`` is
-        False (§A1.2; MULT §B1 does not flip); a two-stream model runs them through that
-        modality's stem (§B1). Under autocast with ``amp_dtype`` (fp16 on CUDA as §A1.2).
+        False (docs/dmdl.md#A1.2; MULT docs/mult.md#B1 does not flip); a two-stream model runs them through that
+        modality's stem (docs/mult.md#B1). Under autocast with ``amp_dtype`` (fp16 on CUDA as docs/dmdl.md#A1.2).
 
         Returns:
             (N_modality, D) float32 on ``device``; L2-renormalised when asked.

@@ -57,7 +57,7 @@ def clustering_features(ctx: RunContext, clustering: ClusteringConfig, stage: in
 def cluster_modalities(ctx: RunContext, features: Mapping[str, Tensor], clustering: ClusteringConfig, where: str,
                        k1: Mapping[str, int] | None = None, keep_distance: bool = False) -> tuple[dict, dict, dict]:
     """k-reciprocal Jaccard + DBSCAN on each modality's features, with the guard on the result
-    (algorithm.md §A1.2, §A9; :func:`dmdl.guards.check_clustering`).
+    (docs/dmdl.md#A1.2, #A9; :func:`dmdl.guards.check_clustering`).
 
     Args:
         features: ``{"visible": (N_V, D), "infrared": (N_I, D)}`` float features (already
@@ -107,7 +107,7 @@ def cluster_modalities(ctx: RunContext, features: Mapping[str, Tensor], clusteri
 
 def forward_views(ctx: RunContext, views: list[Tensor], infrared: Tensor) -> Tensor:
     """The model on one training batch: rows concatenated in the order of ``views``, each row
-    through its modality's stem when the model is two-stream (§B2), laid out in the reference's
+    through its modality's stem when the model is two-stream (docs/mult.md#B2), laid out in the reference's
     DataParallel replica order when the model has ghost BatchNorm groups (so that every group
     sees what one of its replicas saw), in the model's memory format, under the run's autocast
     (:meth:`RunContext.autocast`).
@@ -223,5 +223,5 @@ def run_steps(batches: Iterable, total: int, step: Callable[[Any], dict], desc: 
     return {k: v / max(total, 1) for k, v in sums.items()}
 
 
-__all__ = ["epoch_seed", "PhaseClock", "clustering_features", "cluster_modalities", "forward_views", "optimizer_step", "run_epoch",
-           "run_steps"]
+__all__ = ["epoch_seed", "PhaseClock", "clustering_features", "cluster_modalities", "forward_views", "optimizer_step",
+           "run_epoch", "run_steps"]

@@ -1,5 +1,5 @@
 // k-reciprocal Jaccard distance (Zhong et al., CVPR 2017), as computed by the
-// reference repositories' faiss_rerank.compute_jaccard_distance (algorithm.md §A9).
+// reference repositories' faiss_rerank.compute_jaccard_distance (docs/dmdl.md#A9).
 //
 // Per-row building blocks shared by the CPU kernel (csrc/cpu/jaccard_cpu.cpp,
 // one OpenMP iteration per row) and the CUDA kernels (csrc/cuda/jaccard_cuda.cu,

@@ -1,5 +1,5 @@
-// Cluster memory step (Cluster-Contrast, Dai et al., ACCV 2022; algorithm.md §A4.1, §A5.5;
-// performance.md §3): the per-row pieces of
+// Cluster memory step (Cluster-Contrast, Dai et al., ACCV 2022; docs/dmdl.md#A4.1, #A5.5;
+// docs/benchmarks.md#memory-step): the per-row pieces of
 //
 //   loss = mean_i CE(normalize(x_i) M^T / T, target_i)       (hard label or soft target row)
 //   m_r <- normalize(mu m_r + (1 - mu) normalize(x))          (per sample, in batch order)

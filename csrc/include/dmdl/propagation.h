@@ -1,4 +1,4 @@
-// Label propagation step of MULT's label transfer (arXiv 2402.00672; algorithm.md §B3 step 4):
+// Label propagation step of MULT's label transfer (arXiv 2402.00672; docs/mult.md#B3.4):
 //
 //   out[i, :] = a * sum_{p in [crow[i], crow[i+1])} val[p] * x[col[p], :] + b * z[i, :]
 //

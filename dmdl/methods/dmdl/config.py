@@ -1,6 +1,6 @@
 """DMDL's config section (its keys on the command line: ``--cai false``, ``--lambda-fa 0.5``, ...).
 
-Defaults are DMDL's published values for RegDB (algorithm.md §A1, §A3-§A8) unless a preset says
+Defaults are DMDL's published values for RegDB (docs/dmdl.md#A1, #A3-#A8) unless a preset says
 otherwise. No torch import here: the ``dmdl`` command validates a config before it loads torch.
 """
 
@@ -19,32 +19,32 @@ class DMDLConfig(MethodConfig):
     name = "dmdl"
     method_class = "dmdl.methods.dmdl.method:DMDL"
 
-    # memory (algorithm.md §A4.1, §A8)
+    # memory (docs/dmdl.md#A4.1, #A8)
     temperature: float = 0.05
     momentum: float = 0.2
 
-    # losses (algorithm.md §A4.4, §A5.5, §A8): lambda_tri(e) as "first_epoch:weight,..."
+    # losses (docs/dmdl.md#A4.4, #A5.5, #A8): lambda_tri(e) as "first_epoch:weight,..."
     triplet_margin: float = 0.3
     stage1_triplet: str = "0:0,16:0.25,26:0.5,36:1"
     stage2_triplet: str = "0:0,11:0.5,21:1"
 
-    # augmentation (algorithm.md §A3): timm pixel-mode RandomErasing max area per stage
+    # augmentation (docs/dmdl.md#A3): timm pixel-mode RandomErasing max area per stage
     erasing_max_area: float = 0.5
     erasing_max_area_stage2: float = 0.5  # RegDB stage 2: 0.6
 
-    # pseudo-labels of stage 2 (algorithm.md §A5.1, §A5.2)
+    # pseudo-labels of stage 2 (docs/dmdl.md#A5.1, #A5.2)
     k1_mapped: int = 0  # stage 2: k1 of the mapped modality (SYSU/LLCM 15); 0 = k1 for both (RegDB)
     association: str = "imca"  # "imca", "hungarian", "ot" or "mult" (MULT's label transfer)
     matching: str = "cluster"  # "cluster": the association every epoch; "regdb-cycle": sample-level on epoch % 5 >= 2
     cross_weight: float = 0.0  # weight of a non-DMDL stage-2 cross-memory term (0 = off; PGM: 0.25)
     cross_memory: str = "anchor"  # "anchor": PGM's mapped-vs-anchor memory; "shared": RGB+IR centroids
 
-    # DMDL modules (algorithm.md §A3, §A6, §A7): each switchable for the ablations (Table 3)
-    cai: bool = True  # CAI backdoor-adjusted loss in stage 2 (§A6)
+    # DMDL modules (docs/dmdl.md#A3, #A6, #A7): each switchable for the ablations (Table 3)
+    cai: bool = True  # CAI backdoor-adjusted loss in stage 2 (docs/dmdl.md#A6)
     lambda_cai: float = 0.5
     cbt_data: bool = True  # infrared second view = pseudo-colour (else a second ChannelAdapGray view)
     cbt_label: bool = True  # GMM certainty + swapped top-k refined targets + adaptive shared memory
-    cbt_feature: bool = True  # MMD between the two views of each modality (§A7.3)
+    cbt_feature: bool = True  # MMD between the two views of each modality (docs/dmdl.md#A7.3)
     lambda_fa: float = 1.0
     refine_from_stage1: int = 30  # first stage-1 epoch with certainty/refinement (RegDB: never)
     refine_from_stage2: int = 5  # first stage-2 epoch using the refined targets

@@ -1,19 +1,19 @@
-"""DMDL's two-stage method (algorithm.md §A1-§A8): pseudo-labels, memories, the epoch.
+"""DMDL's two-stage method (docs/dmdl.md#A1-#A8): pseudo-labels, memories, the epoch.
 
 Inside every epoch (the engine runs the epochs, see :mod:`dmdl.engine`):
 
 1. features of both modalities' training images (flip-averaged; L2-renormalised per
    ``renormalize``: RegDB renormalises in stage 2 only, SYSU/LLCM never);
-2. Jaccard + DBSCAN per modality (stage 2: the mapped modality with ``k1_mapped`` when set, §A5.1);
-3. stage 2: association into one unified label space (§A5.2, Table 4): ``association`` (iMCA,
+2. Jaccard + DBSCAN per modality (stage 2: the mapped modality with ``k1_mapped`` when set, docs/dmdl.md#A5.1);
+3. stage 2: association into one unified label space (docs/dmdl.md#A5.2, Table 4): ``association`` (iMCA,
    Hungarian, OT, MULT's label transfer), or on RegDB's cycle (``matching: regdb-cycle``)
    sample-level nearest-neighbour matching on epochs with ``epoch % 5 >= 2``; the anchor
    modality is IR on even epochs, visible on odd;
 4. memories from centroids (:class:`dmdl.memories.CrossModalMemory`; stage 2 also the
    modality-shared memory and the modality prior);
-5. CBT label level (``cbt_label``): per-sample certainty w from GMMs on ``-p(y)`` (§A4.3, §A5.4;
+5. CBT label level (``cbt_label``): per-sample certainty w from GMMs on ``-p(y)`` (docs/dmdl.md#A4.3, #A5.4;
    :func:`dmdl.pseudo_labels.certainty`);
-6. ``iters`` steps on two-view batches (late stage 2: paired-identity batches, §A5.6), each
+6. ``iters`` steps on two-view batches (late stage 2: paired-identity batches, docs/dmdl.md#A5.6), each
    step's losses and memory updates as :mod:`dmdl.methods.dmdl.step` composes them.
 
 Every memory loss and update runs :func:`dmdl.ops.memory_loss` / :func:`dmdl.ops.momentum_update_`
@@ -67,12 +67,12 @@ class DMDL:
 
     # ------------------------------------------------------------------ pseudo-labels
     def anchor(self, epoch: int) -> str:
-        """Stage-2 anchor modality: infrared on even epochs, visible on odd ones (§A5.2)."""
+        """Stage-2 anchor modality: infrared on even epochs, visible on odd ones (docs/dmdl.md#A5.2)."""
         return INFRARED if epoch % 2 == 0 else VISIBLE
 
     def matching(self, epoch: int) -> str:
         """The stage-2 association of an epoch: ``association`` (cluster level) or ``"sample"``
-        (RegDB's cycle, §A5.2)."""
+        (RegDB's cycle, docs/dmdl.md#A5.2)."""
         if self.dmdl.matching == "regdb-cycle" and epoch % 5 >= 2:
             return "sample"
         return self.dmdl.association
@@ -102,7 +102,7 @@ class DMDL:
         args = (feats[VISIBLE], labels[VISIBLE], feats[INFRARED], labels[INFRARED])
         if how == "sample":
             uv, ui, num_unified = nearest_sample_matching(*args, anchor=anchor)
-        elif how == "mult":  # MULT's label transfer (algorithm.md §B3) on this epoch's Jaccard graphs
+        elif how == "mult":  # MULT's label transfer (docs/mult.md#B3) on this epoch's Jaccard graphs
             tr = self.cfg.transfer
             uv, ui, num_unified = associate(
                 how, *args, anchor=anchor, dist_visible=dists[VISIBLE], dist_infrared=dists[INFRARED],
@@ -116,7 +116,7 @@ class DMDL:
         return {VISIBLE: uv, INFRARED: ui}, stats
 
     def certainties(self, stage: int, feats: dict, labels: dict, memory: CrossModalMemory) -> dict:
-        """Per-sample certainty w (§A4.3, §A5.4): GMMs on ``-p(y)`` under the memory.
+        """Per-sample certainty w (docs/dmdl.md#A4.3, #A5.4): GMMs on ``-p(y)`` under the memory.
 
         Stage 1: per modality, its own memory and clusters. Stage 2: the shared memory over the
         unified ids, both modalities' samples together. Both stages: per-cluster GMMs, or with
@@ -162,12 +162,12 @@ class DMDL:
         return EpochPlan(stage, epoch, labels, memory, weights, anchor, refine, inter, w_tri), stats
 
     def loader(self, modality: str, labels: np.ndarray, stage: int, seed: int, id_order=None) -> DataLoader:
-        """Two-view loader over a modality's labelled images (§A3, §A4.2).
+        """Two-view loader over a modality's labelled images (docs/dmdl.md#A3, #A4.2).
 
         Batches are ``(view0, view1, label, index)``, ``batch_size`` images of ``batch_size /
         num_instances`` pseudo-identities, drawn by the camera-aware :class:`PseudoIdentitySampler`;
         samples labelled -1 are left out, and ``index`` counts the labelled samples in their
-        original order. ``id_order``: paired-identity batches (§A5.6, see the sampler), replayed on
+        original order. ``id_order``: paired-identity batches (docs/dmdl.md#A5.6, see the sampler), replayed on
         every pass with ``inter_sampler: replay``. The infrared second view is the pseudo-colour view
         with ``cbt_data`` (see :func:`train_views`).
         """

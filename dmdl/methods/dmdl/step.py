@@ -1,5 +1,5 @@
-"""DMDL's training step as pure functions of features, labels and memories (algorithm.md §A4.4,
-§A5.5, §A6-§A8): the loss composition of each stage, and the memory updates of one step in order.
+"""DMDL's training step as pure functions of features, labels and memories (docs/dmdl.md#A4.4,
+#A5.5, #A6-#A8): the loss composition of each stage, and the memory updates of one step in order.
 
 With f^c the BN-neck features of modality c (originals then augmented views, 2B rows), y^c their
 labels and w^c their certainties:
@@ -20,7 +20,7 @@ Two memory semantics (the run's ``memory_semantics``):
 
 - ``forward`` (:func:`dmdl_losses`, :func:`dmdl_memory_updates`): every loss against the
   forward-time memories; after ``backward()``: visible <- visible samples; infrared <- infrared
-  samples; stage 2: the anchor modality's memory <- the mapped modality's samples (§A5.5), then
+  samples; stage 2: the anchor modality's memory <- the mapped modality's samples (docs/dmdl.md#A5.5), then
   the shared memory <- infrared samples, then visible samples, with DMDL's adaptive momentum
   ``eta_x = m / max(ỹ_x[y_x], m)`` (Eqs. 12-13) when ``adaptive_momentum``;
 - ``reference`` (:func:`dmdl_reference_losses`, stage 2; stage 1 reads each memory once, where
@@ -78,7 +78,7 @@ class EpochPlan:
 def _targets(plan: EpochPlan, cfg: DMDLConfig, name: str, f: Tensor, y: Tensor, w: Tensor, num_classes: int,
              k: int) -> Tensor:
     """Soft targets (2B, num_classes) over memory ``name``'s label space: one-hot, or the refined
-    ỹ = w onehot(y) + (1-w) P̂(swapped view) (§A4.3, §A7.2)."""
+    ỹ = w onehot(y) + (1-w) P̂(swapped view) (docs/dmdl.md#A4.3, #A7.2)."""
     if not plan.refine:
         return F.one_hot(y, num_classes).to(f.dtype)
     pred = topk_prediction(f, plan.memory.memories[name].features, k, cfg.temperature)  # (2B, K_name)
@@ -93,7 +93,7 @@ def _identity_loss(f: dict, y: dict, w: dict, plan: EpochPlan, cfg: DMDLConfig) 
     mem = plan.memory
     loss = f[VISIBLE].new_zeros(())
     for m in MODALITIES:
-        if plan.stage == 1 and plan.refine:  # CE_soft against the refined targets (§A4.3-§A4.4)
+        if plan.stage == 1 and plan.refine:  # CE_soft against the refined targets (docs/dmdl.md#A4.3-#A4.4)
             rows = mem.rows(m, y[m])
             t = _targets(plan, cfg, m, f[m], rows, w[m], mem.memories[m].num_clusters, cfg.topk_stage1)
             loss = loss + mem.soft_loss(m, f[m], t)
@@ -138,7 +138,7 @@ def _triplet_and_mmd(features: Tensor, f: dict, y: dict, plan: EpochPlan, cfg: D
     if plan.w_tri > 0:
         tri = triplet_loss(f[VISIBLE], y[VISIBLE], cfg.triplet_margin) + \
             triplet_loss(f[INFRARED], y[INFRARED], cfg.triplet_margin)
-        if plan.inter:  # cross-modality term over the paired batch (§A5.6)
+        if plan.inter:  # cross-modality term over the paired batch (docs/dmdl.md#A5.6)
             tri = tri + triplet_loss(features, torch.cat([y[VISIBLE], y[INFRARED]]), cfg.triplet_margin)
     if cfg.cbt_feature:
         b = f[VISIBLE].shape[0] // 2
@@ -188,7 +188,7 @@ def dmdl_memory_updates(features: Tensor, y: dict, targets: dict, plan: EpochPla
     updates = [MemoryUpdate(m, f[m], y[m]) for m in MODALITIES]
     if plan.stage == 2:
         mapped = other(plan.anchor)
-        updates.append(MemoryUpdate(plan.anchor, f[mapped], y[mapped]))  # semi-cross-modality update (§A5.5)
+        updates.append(MemoryUpdate(plan.anchor, f[mapped], y[mapped]))  # semi-cross update (docs/dmdl.md#A5.5)
     return updates + shared_memory_updates(features, y, targets, plan, cfg)
 
 
@@ -263,4 +263,5 @@ def certainty_rows(w: np.ndarray, labels: np.ndarray) -> Tensor:
     return torch.as_tensor(w[labels >= 0])
 
 
-__all__ = ["EpochPlan", "split_modalities", "dmdl_losses", "dmdl_reference_losses", "shared_memory_updates", "dmdl_memory_updates", "certainty_rows"]
+__all__ = ["EpochPlan", "split_modalities", "dmdl_losses", "dmdl_reference_losses", "shared_memory_updates",
+           "dmdl_memory_updates", "certainty_rows"]

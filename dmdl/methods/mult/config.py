@@ -1,6 +1,6 @@
 """MULT's config section (its keys on the command line: ``--mult-beta 0.7``, ``--lambda-oclr 1``, ...).
 
-Defaults are MULT's released settings (algorithm.md Part B, §B4-§B5); the label transfer's own
+Defaults are MULT's released settings (docs/mult.md#B, #B4-#B5); the label transfer's own
 keys (``mult_alpha``, ``mult_lambda``, ``cross_affinity``, ``cross_k``) are the shared ``transfer``
 section, which DMDL's ``association: mult`` reads too. No torch import here.
 """
@@ -21,10 +21,10 @@ class MULTConfig(MethodConfig):
     method_class = "dmdl.methods.mult.method:MULT"
     resize = "bilinear"  # torchvision's Resize default, which MULT's code uses for clustering and test images
 
-    temperature: float = 0.05  # of every memory (§B4)
-    momentum: float = 0.1  # of every memory (§B4)
-    mult_beta: float = 0.7  # soft labels: beta onehot(argmax y) + (1 - beta) y (§B3 step 6)
-    oclr_sharpen: float = 0.2  # OCLR target temperature (§B4)
+    temperature: float = 0.05  # of every memory (docs/mult.md#B4)
+    momentum: float = 0.1  # of every memory (docs/mult.md#B4)
+    mult_beta: float = 0.7  # soft labels: beta onehot(argmax y) + (1 - beta) y (docs/mult.md#B3.6)
+    oclr_sharpen: float = 0.2  # OCLR target temperature (docs/mult.md#B4)
     lambda_oclr: float = 1.0  # weight of L_oclr (1 in MULT)
 
     def check(self, cfg: Config) -> None:

@@ -1,4 +1,4 @@
-"""MULT, the second method (algorithm.md Part B; MULT arXiv 2402.00672, IJCV 2024).
+"""MULT, the second method (docs/mult.md#B; MULT arXiv 2402.00672, IJCV 2024).
 
 Inside every epoch (the engine runs the epochs and the LR schedule, see :mod:`dmdl.engine`):
 
@@ -7,12 +7,12 @@ Inside every epoch (the engine runs the epochs and the LR schedule, see :mod:`dm
    flip-averaged (MULT: ``feature_flip: false``);
 2. per modality, the sparse k-reciprocal Jaccard distance and DBSCAN
    (:func:`dmdl.training.steps.cluster_modalities`, keeping the distances for the label
-   transfer); centroids = mean of the members' features (§B1 step 3);
-3. stage 1 ("single", §B4): memories ``v`` (visible clusters) and ``r`` (infrared clusters),
+   transfer); centroids = mean of the members' features (docs/mult.md#B1.3);
+3. stage 1 ("single", docs/mult.md#B4): memories ``v`` (visible clusters) and ``r`` (infrared clusters),
    outliers dropped;
 4. stage 2 ("cross"): every sample kept; :func:`dmdl.pseudo_labels.mult.mult_label_transfer`
    gives new intra-modality labels and cross-modality labels, softened by the β step; six
-   memories, all from the DBSCAN centroids (§B4); the unified label space alternates with the
+   memories, all from the DBSCAN centroids (docs/mult.md#B4); the unified label space alternates with the
    epoch (even: the visible clusters, odd: the infrared clusters);
 5. ``iters`` steps on paired visible/infrared batches (:mod:`dmdl.data.mult_sampler`), visible
    images in two views ``v`` (original) and ``a`` (channel-augmented), infrared in one view ``r``;
@@ -42,7 +42,7 @@ from dmdl.pseudo_labels.mult import dbscan_centers, mult_label_transfer, mult_so
 from dmdl.training.context import RunContext
 from dmdl.training.steps import cluster_modalities, epoch_seed, forward_views, optimizer_step, run_epoch
 
-#: memory name -> the modality whose DBSCAN centroids initialise it (§B4)
+#: memory name -> the modality whose DBSCAN centroids initialise it (docs/mult.md#B4)
 MEMORY_CLUSTERS = {"v": VISIBLE, "va": VISIBLE, "rcm": VISIBLE, "r": INFRARED, "ra": INFRARED, "vcm": INFRARED}
 
 
@@ -64,7 +64,7 @@ class MULT:
 
     # ------------------------------------------------------------------ pseudo-labels
     def transfer(self, feats: dict, labels: dict, dists: dict, centers: dict, space: str) -> tuple[dict, dict, dict]:
-        """MULT's label transfer and β-labels of a cross-stage epoch (§B3).
+        """MULT's label transfer and β-labels of a cross-stage epoch (docs/mult.md#B3).
 
         Returns:
             (hard, soft, stats): (N,) int64 hard labels ``label1``, ``label2``, ``cm_label1``,
@@ -92,7 +92,8 @@ class MULT:
         stats["matching"] = f"mult->{space}"
         return hard, soft, stats
 
-    def ground_truth(self, feats: dict, labels: dict, dists: dict, centers: dict, space: str) -> tuple[dict, dict, dict]:
+    def ground_truth(self, feats: dict, labels: dict, dists: dict, centers: dict,
+                     space: str) -> tuple[dict, dict, dict]:
         """The label transfer's output from the true identities (``labels: ground-truth``): each
         sample's own-modality label and its label in the other modality's space, one-hot (the β
         step leaves one-hot labels unchanged). Same returns as :meth:`transfer`."""
@@ -107,8 +108,8 @@ class MULT:
                 for k, h in names.items()}
         unified = (np.concatenate([hard["label1"], hard["cm_label2"]]) if space == "rgb"
                    else np.concatenate([hard["cm_label1"], hard["label2"]]))
-        stats = {"unified_ids": int(len(np.unique(unified))), "ari_unified": self.ctx.label_quality(MODALITIES, unified),
-                 "matching": f"ground-truth->{space}"}
+        stats = {"unified_ids": int(len(np.unique(unified))), "matching": f"ground-truth->{space}",
+                 "ari_unified": self.ctx.label_quality(MODALITIES, unified)}
         return hard, soft, stats
 
     def plan(self, stage: int, epoch: int, feats: dict) -> tuple[MultPlan, dict]:
@@ -163,7 +164,7 @@ class MULT:
         return stats
 
     def step(self, plan: MultPlan, vis: tuple, ir: tuple) -> dict:
-        """One optimisation step on a paired visible (two views) and infrared batch (§B4).
+        """One optimisation step on a paired visible (two views) and infrared batch (docs/mult.md#B4).
 
         Returns:
             The loss and its parts as floats.

@@ -1,4 +1,4 @@
-"""MULT's training step as pure functions of features, labels and memories (algorithm.md §B4):
+"""MULT's training step as pure functions of features, labels and memories (docs/mult.md#B4):
 the loss of each stage and unified label space, and the memory updates of one step in order.
 
 Views: ``v`` (visible, original), ``a`` (visible, channel-augmented), ``r`` (infrared). Memories
@@ -151,7 +151,8 @@ def mult_reference_losses(f: dict, hard: dict, soft: dict, plan: MultPlan,
         return F.normalize(f[view], dim=1) @ m.features.detach().clone().t() / m.temperature
 
     s = cfg.oclr_sharpen
-    loss_oclr = (oclr_loss(g["v"], z["u", "a"], s) + oclr_loss(g["a"], z["u", "v"], s) + oclr_loss(g["r"], z["u", "r"], s)
+    loss_oclr = (oclr_loss(g["v"], z["u", "a"], s) + oclr_loss(g["a"], z["u", "v"], s)
+                 + oclr_loss(g["r"], z["u", "r"], s)
                  + oclr_loss(g["v"], frozen(u_ir, "a"), s) + oclr_loss(g["a"], frozen(u_ir, "v"), s)
                  + oclr_loss(g["r"], frozen(u_vis, "r"), s))
     loss = loss_ms + loss_ma + cfg.lambda_oclr * loss_oclr
