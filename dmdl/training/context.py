@@ -260,7 +260,9 @@ def _wrap_distributed(model: nn.Module, dist: Distributed, groups: int, local_gr
         mine = next(h for h, r in zip(handles, ranks) if dist.rank in r)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=mine)
     ids = [device.index] if device.type == "cuda" else None
-    return model, DistributedDataParallel(Replicas(model, local_groups), device_ids=ids, broadcast_buffers=True)
+    ddp = DistributedDataParallel(Replicas(model, local_groups), device_ids=ids, broadcast_buffers=True)
+    dist.time_gradient_all_reduce(ddp)
+    return model, ddp
 
 
 def training_records(dataset, max_images: int | None, root) -> dict[str, list[ImageRecord]]:

@@ -23,10 +23,12 @@ CUDA, gloo on the CPU).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -51,17 +53,20 @@ class _GatherWithGrad(torch.autograd.Function):
     tensor (all-reduce) and returns this rank's block."""
 
     @staticmethod
-    def forward(ctx, block: Tensor, world: int, rank: int) -> Tensor:
-        ctx.world, ctx.rank, ctx.rows = world, rank, block.shape[0]
-        parts = [torch.empty_like(block) for _ in range(world)]
-        torch.distributed.all_gather(parts, block.contiguous())
+    def forward(ctx, block: Tensor, dist: "Distributed") -> Tensor:
+        ctx.dist, ctx.rows = dist, block.shape[0]
+        parts = [torch.empty_like(block) for _ in range(dist.world_size)]
+        with dist.timed("communication"):
+            torch.distributed.all_gather(parts, block.contiguous())
         return torch.cat(parts)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         grad = grad.contiguous().clone()
-        torch.distributed.all_reduce(grad)
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None, None
+        with ctx.dist.timed("communication"):
+            torch.distributed.all_reduce(grad)
+        rank = ctx.dist.rank
+        return grad[rank * ctx.rows:(rank + 1) * ctx.rows], None
 
 
 @dataclass
@@ -71,10 +76,49 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    seconds: dict = field(default_factory=lambda: {"communication": 0.0, "waiting": 0.0}, repr=False)
+    """This rank's wall seconds since :meth:`epoch_seconds` last read them: ``communication`` (in
+    collectives: feature and gradient gathers, broadcasts, DDP's gradient all-reduce as its buckets
+    complete) and ``waiting`` (ranks other than 0: for rank 0's pseudo-labels in :meth:`share`)."""
 
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+    @contextlib.contextmanager
+    def timed(self, kind: str):
+        """Adds the wall seconds of the ``with`` block to ``seconds[kind]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[kind] += time.perf_counter() - start
+
+    def epoch_seconds(self) -> dict[str, float]:
+        """The epoch's ``seconds_communication`` (the most any rank spent in collectives) and
+        ``seconds_waiting`` (the most any rank other than 0 waited for rank 0's pseudo-labels), for
+        the log; the counters restart. Empty in one process. A collective: every rank calls it."""
+        if not self.enabled:
+            return {}
+        mine, self.seconds = dict(self.seconds), {"communication": 0.0, "waiting": 0.0}
+        every = self.gather_objects(mine)
+        return {"seconds_communication": round(max(s["communication"] for s in every), 1),
+                "seconds_waiting": round(max(s["waiting"] for s in every[1:]), 1)}
+
+    def time_gradient_all_reduce(self, ddp: torch.nn.Module) -> None:
+        """DDP's gradient all-reduce (the average over ranks, as its default hook) with each
+        bucket's time from its start to its completion added to ``seconds["communication"]`` (it
+        overlaps the backward pass)."""
+        def hook(_state, bucket):
+            start, tensor = time.perf_counter(), bucket.buffer().div_(self.world_size)
+            fut = torch.distributed.all_reduce(tensor, async_op=True).get_future()
+
+            def done(f):
+                self.seconds["communication"] += time.perf_counter() - start
+                return f.value()[0]
+            return fut.then(done)
+
+        ddp.register_comm_hook(None, hook)
 
     @property
     def is_main(self) -> bool:
@@ -93,12 +137,13 @@ class Distributed:
         if not self.enabled:
             return rows
         counts = [torch.zeros((), dtype=torch.long, device=rows.device) for _ in range(self.world_size)]
-        torch.distributed.all_gather(counts, torch.tensor(rows.shape[0], device=rows.device))
-        most = int(max(c.item() for c in counts))
-        padded = rows.new_zeros((most, *rows.shape[1:]))
-        padded[: rows.shape[0]] = rows
-        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        torch.distributed.all_gather(parts, padded.contiguous())
+        with self.timed("communication"):
+            torch.distributed.all_gather(counts, torch.tensor(rows.shape[0], device=rows.device))
+            most = int(max(c.item() for c in counts))
+            padded = rows.new_zeros((most, *rows.shape[1:]))
+            padded[: rows.shape[0]] = rows
+            parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+            torch.distributed.all_gather(parts, padded.contiguous())
         return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts)])
 
     def gather_with_grad(self, block: Tensor) -> Tensor:
@@ -108,14 +153,15 @@ class Distributed:
         the model gets the one-process gradient)."""
         if not self.enabled:
             return block
-        return _GatherWithGrad.apply(block, self.world_size, self.rank)
+        return _GatherWithGrad.apply(block, self)
 
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (pickled; tensors travel on the CPU)."""
         if not self.enabled:
             return obj
         box = [obj if self.is_main else None]
-        torch.distributed.broadcast_object_list(box, src=0)
+        with self.timed("communication"):
+            torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
     def share(self, fn: Callable[[], Any], device: torch.device) -> Any:
@@ -136,8 +182,11 @@ class Distributed:
                 result = to_device(fn(), torch.device("cpu"))
             except Exception as exc:  # stop every rank with rank 0's message
                 error = exc
-        payload = self.broadcast_object((result, None if error is None else (type(error).__name__, str(error)),
-                                         rng_state() if self.is_main else None))
+        box = [(result, None if error is None else (type(error).__name__, str(error)),
+                rng_state() if self.is_main else None)]
+        with self.timed("communication" if self.is_main else "waiting"):  # the others wait for rank 0 here
+            torch.distributed.broadcast_object_list(box, src=0)
+        payload = box[0]
         if error is not None:
             raise error
         set_rng_state(payload[2])
@@ -157,7 +206,8 @@ class Distributed:
         if not self.enabled:
             return [obj]
         out = [None] * self.world_size
-        torch.distributed.all_gather_object(out, obj)
+        with self.timed("communication"):
+            torch.distributed.all_gather_object(out, obj)
         return out
 
     def broadcast_buffers(self, model: torch.nn.Module) -> None:
@@ -165,8 +215,9 @@ class Distributed:
         before a training forward, done before an eval-mode extraction too (in one process the
         running statistics are those of ghost group 0, i.e. of rank 0)."""
         if self.enabled:
-            for buf in model.buffers():
-                torch.distributed.broadcast(buf, src=0)
+            with self.timed("communication"):
+                for buf in model.buffers():
+                    torch.distributed.broadcast(buf, src=0)
 
     def barrier(self) -> None:
         if self.enabled:

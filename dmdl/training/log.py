@@ -20,7 +20,8 @@ LOG_FIELDS = (
     "unified_ids", "ari_unified", "matching", "certainty_visible", "certainty_infrared",
     "loss", "loss_id", "loss_cai", "loss_cross", "loss_triplet", "loss_mmd",
     "loss_ms", "loss_ma", "loss_oclr", "seconds_transfer", "transfer_iterations",
-    "seconds_features", "seconds_clustering", "seconds_training", "seconds", "test_mAP",
+    "seconds_features", "seconds_clustering", "seconds_training", "seconds_communication", "seconds_waiting",
+    "seconds", "test_mAP",
 )
 
 

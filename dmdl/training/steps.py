@@ -197,6 +197,7 @@ def run_epoch(ctx: RunContext, clustering: ClusteringConfig, stage: int, plan: C
     stats.update(run_steps(it, total, lambda b: step(the_plan, b), desc))
     clock.lap("training")
     stats.update(clock.stats)
+    stats.update(ctx.dist.epoch_seconds())  # several processes: seconds_communication, seconds_waiting
     return the_plan, stats
 
 
