@@ -128,7 +128,37 @@ def _launch(nproc: int, cfg) -> int:
 
         env["OMP_NUM_THREADS"] = str(max(1, available_cores() // nproc))
     print(f"starting {nproc} processes ({env['OMP_NUM_THREADS']} threads each): {' '.join(cmd[2:])}", flush=True)
-    return subprocess.run(cmd, env=env).returncode
+    return _wait_for_torchrun(subprocess.Popen(cmd, env=env))
+
+
+def _wait_for_torchrun(proc) -> int:
+    """torchrun's exit code, once it has stopped its workers. A SIGTERM to this process is passed
+    on to torchrun, which passes it to the workers (each saves nothing more and prints how to
+    resume): this process must not kill torchrun first, or the workers would be orphaned. Ctrl-C
+    reaches torchrun and the workers from the terminal; this process keeps waiting for them.
+
+    Returns:
+        143 after a SIGTERM, else torchrun's exit code.
+    """
+    import signal
+
+    forwarded = []
+
+    def forward(signum, _frame):
+        forwarded.append(signum)
+        proc.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 143 if forwarded else code
 
 
 def _cmd_train(args, extra) -> int:
