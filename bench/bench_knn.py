@@ -36,6 +36,7 @@ import torch
 from dmdl.ops import jaccard_distance, knn
 from dmdl.ops.knn import _MARGINS, auto_precision
 from dmdl.testing import clustered_features
+from _params import sizes_from_env, threads_from_env
 
 K, K1, K2, D = 31, 30, 6, 2048
 BLOCK = 4096
@@ -43,17 +44,11 @@ PRECISIONS = ["fp32", "bf16", "auto"]
 
 
 def _sizes():
-    env = os.environ.get("DMDL_BENCH_N")
-    if env:
-        return [pytest.param(int(n), id=f"N{int(n)}") for n in env.split(",") if n.strip()]
-    return [pytest.param(4000, id="N4000"),
-            pytest.param(12000, id="N12000", marks=pytest.mark.slow),
-            pytest.param(34000, id="N34000", marks=pytest.mark.slow)]
+    return sizes_from_env(4000, (12000, 34000))
 
 
 def _threads():
-    env = os.environ.get("DMDL_BENCH_THREADS")
-    return [int(t) for t in env.split(",")] if env else [2]
+    return threads_from_env([2])
 
 
 _CACHE: dict = {}

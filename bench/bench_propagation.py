@@ -33,6 +33,7 @@ import torch
 
 from dmdl.ops import propagate
 from dmdl.testing import clustered_features, jaccard_affinity
+from _params import sizes_from_env, threads_from_env
 
 K, D, K1, K2 = 400, 256, 30, 6
 A_COEF, B_COEF = 0.5, 0.5
@@ -41,17 +42,11 @@ VARIANTS = ["ours", "torch_sparse", "dense", "gemm_same_macs"]
 
 
 def _sizes():
-    env = os.environ.get("DMDL_BENCH_N")
-    if env:
-        return [pytest.param(int(n), id=f"N{int(n)}") for n in env.split(",") if n.strip()]
-    return [pytest.param(4000, id="N4000"),
-            pytest.param(12000, id="N12000", marks=pytest.mark.slow),
-            pytest.param(22000, id="N22000", marks=pytest.mark.slow)]
+    return sizes_from_env(4000, (12000, 22000))
 
 
 def _threads():
-    env = os.environ.get("DMDL_BENCH_THREADS")
-    return [int(t) for t in env.split(",")] if env else [1, 2]
+    return threads_from_env([1, 2])
 
 
 _INPUTS: dict[int, dict] = {}

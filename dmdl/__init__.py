@@ -9,15 +9,6 @@ training methods' config sections (:mod:`dmdl.methods`), so that any config can 
 __version__ = "0.4.0"
 
 from dmdl import methods as _methods  # noqa: E402,F401  (registers DMDL's and MULT's config sections)
+from dmdl.lazy import lazy_attributes  # noqa: E402
 
-_LAZY = {"FeatureExtractor": "dmdl.inference.extractor"}
-
-
-def __getattr__(name):
-    if name in _LAZY:  # on first use, once the package is initialised (as dmdl.data's lazy names)
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'dmdl' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {"FeatureExtractor": "dmdl.inference.extractor"})

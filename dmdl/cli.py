@@ -379,7 +379,8 @@ def _cmd_visualize(args, extra) -> int:
         raise InputError("give either --checkpoint CKPT --data-root DIR (its test split) or --features FILE...")
     if args.checkpoint and not args.data_root:
         raise InputError("--checkpoint needs --data-root (the dataset whose test images are shown)")
-    from dmdl.visualization.tsne import plot_tsne, tsne_inputs
+    from dmdl.inference.picture_inputs import tsne_inputs
+    from dmdl.visualization.tsne import plot_tsne
 
     feats, mods, ids, title, default_out = tsne_inputs(args.checkpoint, args.data_root, args.features, args.trial,
                                                        args.max_images, args.device)

@@ -11,6 +11,19 @@ import pytest  # noqa: E402
 REGDB_MINI = Path(__file__).resolve().parents[2] / "shared/data/RegDB-mini"
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test. References that issue thousands of tiny torch ops stall
+    in the parallel regions of a multi-threaded pool on busy shared cores (30x slower with 2
+    threads on 2 shared cores)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 @pytest.fixture(scope="session")
 def toy_regdb(tmp_path_factory) -> Path:
     """A RegDB-layout toy: 12 ids x (10 visible + 10 thermal), 10 trials."""

@@ -16,7 +16,8 @@ from dmdl.ops.jaccard import jaccard_distance, jaccard_distance_reference, to_sc
 from dmdl.pseudo_labels import dbscan_labels
 from dmdl.testing import clustered_features
 
-pytestmark = pytest.mark.skipif(not _library.is_available(), reason="dmdl._C is not built")
+pytestmark = [pytest.mark.skipif(not _library.is_available(), reason="dmdl._C is not built"),
+              pytest.mark.usefixtures("one_thread")]  # conftest.one_thread
 
 
 def numpy_jaccard(feat: np.ndarray, k1: int, k2: int, k_half: int | None = None) -> np.ndarray:
@@ -64,14 +65,6 @@ def numpy_jaccard(feat: np.ndarray, k1: int, k2: int, k_half: int | None = None)
     return np.maximum(out, 0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The reference issues thousands of tiny torch ops; on a busy machine each parallel
-    # region of a multi-threaded pool can stall (30x slower with 2 threads on 2 shared cores).
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
 
 
 def dense(x: torch.Tensor, k1: int, k2: int, **kw) -> torch.Tensor:

@@ -21,15 +21,10 @@ from dmdl.testing import clustered_features
 knn_module = importlib.import_module("dmdl.ops.knn")  # the attribute dmdl.ops.knn is the function
 PRECISIONS = ("fp32", "bf16", "auto")
 
-pytestmark = pytest.mark.skipif(not _library.is_available(), reason="dmdl._C is not built")
+pytestmark = [pytest.mark.skipif(not _library.is_available(), reason="dmdl._C is not built"),
+              pytest.mark.usefixtures("one_thread")]  # conftest.one_thread
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
 
 
 def dyadic_features(n: int, d: int = 48, seed: int = 0, near_ties: bool = True,

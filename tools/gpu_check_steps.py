@@ -359,19 +359,17 @@ def step_time_memory(out, ctx) -> None:
     x, y, mem0 = (t.to(dev) for t in bm.make_inputs(s["mem_b"], s["mem_k"], s["mem_d"]))
     out.update(b=s["mem_b"], k=s["mem_k"], d=s["mem_d"], device=str(dev))
 
-    def ours(mem):
-        xr = x.detach().requires_grad_(True)
-        loss = memory_loss(xr, mem, y, TEMPERATURE)
-        loss.backward()
-        momentum_update_(mem, x, y, MOMENTUM)
-        return loss.detach(), xr.grad
+    def step(loss_fn, update_fn):
+        def run(mem):
+            xr = x.detach().requires_grad_(True)
+            loss = loss_fn(xr, mem, y, TEMPERATURE)
+            loss.backward()
+            update_fn(mem, x, y, MOMENTUM)
+            return loss.detach(), xr.grad
 
-    def reference(mem):
-        xr = x.detach().requires_grad_(True)
-        loss = memory_loss_reference(xr, mem, y, TEMPERATURE)
-        loss.backward()
-        momentum_update_reference(mem, x, y, MOMENTUM)
-        return loss.detach(), xr.grad
+        return run
+
+    ours, reference = step(memory_loss, momentum_update_), step(memory_loss_reference, momentum_update_reference)
 
     agree = {}
     ref_mem = mem0.clone()

@@ -4,6 +4,7 @@ Names are imported on first use: the readers and :mod:`dmdl.data.check` need nei
 the training code, so that the ``dmdl`` command checks a dataset before it loads them.
 """
 
+from dmdl.lazy import lazy_attributes
 from dmdl.modalities import INFRARED, MODALITIES, VISIBLE
 
 from .records import ImageRecord, Problem
@@ -26,11 +27,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {name: f".{module}" for name, module in _LAZY.items()})

@@ -11,6 +11,8 @@
 Names are imported on first use (torch and the training code load then).
 """
 
+from dmdl.lazy import lazy_attributes
+
 _LAZY = {
     "FeatureExtractor": "extractor", "Features": "extractor",
     "squared_distances": "search", "rank_gallery": "search", "k_reciprocal_distances": "search",
@@ -22,11 +24,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {name: f".{module}" for name, module in _LAZY.items()})
