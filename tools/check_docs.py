@@ -1,27 +1,34 @@
-"""Checks the documentation in docs/ (run from anywhere; exit code 1 with one line per problem).
+"""Checks the documentation: README.md and docs/ (run from anywhere; exit code 1 with one line per problem).
 
-- every relative link ``[text](file.md#anchor)``, ``[text](#anchor)`` or ``[text](file.md)`` in
-  docs/*.md points to an existing file in docs/ and to an anchor that exists there: an explicit
-  ``<a id="..."></a>`` or the GitHub slug of a heading;
+- every relative link ``[text](target#anchor)`` in README.md and docs/*.md points to a file of the
+  repository, and, for a ``.md`` target (or ``#anchor`` alone: the page itself), to an anchor that
+  exists there: an explicit ``<a id="..."></a>`` or the GitHub slug of a heading;
 - no page mentions a path of the machine it was written on: not the development tree's shared
-  folder or work directory (``_FORBIDDEN``), and no absolute path (``/usr/...``, ``/home/...``, ...);
-- every key of :class:`dmdl.config.Config` is documented in docs/cli.md (as ```key```);
+  folder or work directory (``FORBIDDEN``), and no absolute path (``/usr/...``, ``/home/...``, ...);
+  the shared folder is not mentioned anywhere in the repository's own files either (``SCAN``);
+- every config key of every section (``dmdl.config.SHARED_SECTIONS`` and the registered method
+  sections ``dmdl.config.METHOD_CONFIGS``) is documented in docs/cli.md, in a table row of its own
+  section: between ``<a id="keys-<section>">`` (``keys-method-<name>`` for a method) and the next
+  ``keys-`` anchor;
+- every ``docs/<page>.md#<anchor>`` cited in the code (``SCAN``: dmdl/, csrc/, kernels/, tests/,
+  bench/, tools/, ...) exists, also the anchors that follow it as ``, #A5.5`` or ``-#A12.4``;
 - when docs/_citations.tsv exists (the map from the old specification citations in docstrings to
-  these pages), every ``docs/<page>.md#<anchor>`` target in its second column exists.
+  these pages), every ``docs/<page>.md#<anchor>`` target in its second column exists;
+- the README's second set-up command is the one CI runs (``.ci/run``), verbatim.
 
     python tools/check_docs.py
+
+Every check takes the repository root, so that the tests can run it on a broken copy.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import sys
 import unicodedata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs"
 
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 _ANCHOR = re.compile(r"<a\s+id=\"([^\"]+)\"\s*>")
@@ -31,8 +38,20 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 # followed by a name and another "/"
 _ABSOLUTE = re.compile(r"(?:^|[\s`'\"(=\[])(/[A-Za-z0-9_.+-]+/)")
 # spelt in pieces so that a search of the repository for these paths does not find this file
-_FORBIDDEN = ("../" + "shared", "/" + "work" + "/")
-_CITATION_TOKEN = re.compile(r"docs/(?P<page>[\w.-]+?\.md)|#(?P<frag>[A-Za-z0-9](?:[\w.]|-(?!#))*)")
+FORBIDDEN = ("../" + "shared", "/" + "work" + "/")
+SHARED_DIR = FORBIDDEN[0]
+_FRAG = r"[A-Za-z0-9](?:[\w.]|-(?!#))*"
+_CITATION_TOKEN = re.compile(r"docs/(?P<page>[\w.-]+?\.md)|#(?P<frag>" + _FRAG + ")")
+# a citation in the code: docs/<page>.md#<anchor>, then ", #anchor" / "; #anchor" / "-#anchor" of the same page
+_CODE_CITATION = re.compile(r"docs/(?P<page>[a-z_]+\.md)#(?P<first>" + _FRAG + r")"
+                            r"(?P<more>(?:(?:\s*[,;]\s*|-)#" + _FRAG + r")*)")
+_MORE = re.compile(r"#(" + _FRAG + ")")
+# what the code citations and the shared-folder check scan
+SCAN = ("dmdl", "csrc", "kernels", "tests", "bench", "tools", "docs", ".ci", "README.md", "setup.py",
+        "CMakeLists.txt", "pyproject.toml", "requirements.txt")
+CODE_DIRS = ("dmdl", "csrc", "kernels", "tests", "bench", "tools")
+SUFFIXES = {".py", ".cpp", ".cu", ".cuh", ".h", ".yaml", ".yml", ".md", ".txt", ".toml", ".cfg", ".sh", ".tsv", ""}
+_SKIP_DIRS = {"__pycache__", "build", ".pytest_cache", ".benchmarks", ".venv"}
 
 
 def github_slug(text: str) -> str:
@@ -49,15 +68,20 @@ def github_slug(text: str) -> str:
     return "".join(out)
 
 
+def _lines_outside_fences(text: str):
+    in_fence = False
+    for no, line in enumerate(text.splitlines(), start=1):
+        if _FENCE.match(line):
+            in_fence = not in_fence
+            continue
+        yield no, line, in_fence
+
+
 def anchors(path: Path) -> set[str]:
     """Explicit ``<a id>`` anchors and heading slugs (with GitHub's -1, -2 suffixes) of a page."""
     found: set[str] = set()
     counts: dict[str, int] = {}
-    in_fence = False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if _FENCE.match(line):
-            in_fence = not in_fence
-            continue
+    for _, line, in_fence in _lines_outside_fences(path.read_text(encoding="utf-8")):
         if in_fence:
             continue
         found.update(_ANCHOR.findall(line))
@@ -70,20 +94,21 @@ def anchors(path: Path) -> set[str]:
     return found
 
 
-def _lines_outside_fences(text: str):
-    in_fence = False
-    for no, line in enumerate(text.splitlines(), start=1):
-        if _FENCE.match(line):
-            in_fence = not in_fence
-            continue
-        yield no, line, in_fence
+def pages(root: Path = ROOT) -> list[Path]:
+    """The documentation pages: README.md and docs/*.md."""
+    out = [root / "README.md"] if (root / "README.md").is_file() else []
+    return out + sorted((root / "docs").glob("*.md"))
 
 
-def check_links(docs: Path = DOCS) -> list[str]:
-    pages = sorted(docs.glob("*.md"))
-    table = {p.name: anchors(p) for p in pages}
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def check_links(root: Path = ROOT) -> list[str]:
+    """Relative links of README.md and docs/*.md: the file exists in the repository, the anchor on it."""
+    table: dict[Path, set[str]] = {}
     problems = []
-    for page in pages:
+    for page in pages(root):
         for no, line, in_fence in _lines_outside_fences(page.read_text(encoding="utf-8")):
             if in_fence:
                 continue
@@ -91,44 +116,138 @@ def check_links(docs: Path = DOCS) -> list[str]:
                 if re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
                     continue
                 file, _, frag = target.partition("#")
-                name = file or page.name
-                where = f"docs/{page.name}:{no}"
-                if "/" in name or not name.endswith(".md"):
-                    problems.append(f"{where}: link to {target!r} leaves docs/ or is not a .md page")
+                where = f"{_rel(page, root)}:{no}"
+                dest = (page.parent / file).resolve() if file else page
+                try:
+                    dest.relative_to(root.resolve())
+                except ValueError:
+                    problems.append(f"{where}: link to {target!r} leaves the repository")
                     continue
-                if name not in table:
-                    problems.append(f"{where}: link to {target!r}: no page docs/{name}")
-                elif frag and frag not in table[name]:
-                    problems.append(f"{where}: link to {target!r}: no anchor #{frag} in docs/{name}")
+                if not dest.exists():
+                    problems.append(f"{where}: link to {target!r}: no file {file}")
+                    continue
+                if frag and dest.suffix != ".md":
+                    problems.append(f"{where}: link to {target!r}: an anchor on a file that is not a .md page")
+                elif frag:
+                    if dest not in table:
+                        table[dest] = anchors(dest)
+                    if frag not in table[dest]:
+                        problems.append(f"{where}: link to {target!r}: no anchor #{frag} in {file or page.name}")
     return problems
 
 
-def check_paths(docs: Path = DOCS) -> list[str]:
+def _scanned_files(root: Path, tops=SCAN):
+    for top in tops:
+        path = root / top
+        if path.is_file():
+            yield path
+        elif path.is_dir():
+            for f in sorted(path.rglob("*")):
+                if f.is_file() and f.suffix in SUFFIXES and not _SKIP_DIRS.intersection(f.relative_to(root).parts):
+                    yield f
+
+
+def check_paths(root: Path = ROOT) -> list[str]:
+    """No machine path in the pages (README.md, docs/*.md, docs/*.tsv); no shared-folder path in any
+    file of the repository (``SCAN``)."""
     problems = []
-    for page in sorted(docs.iterdir()):
-        if not page.is_file() or page.suffix not in (".md", ".tsv"):
-            continue
+    docs = pages(root) + sorted((root / "docs").glob("*.tsv"))
+    for page in docs:
         for no, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1):
-            for bad in _FORBIDDEN:
+            for bad in FORBIDDEN:
                 if bad in line:
-                    problems.append(f"docs/{page.name}:{no}: mentions {bad!r}")
+                    problems.append(f"{_rel(page, root)}:{no}: mentions {bad!r}")
             for m in _ABSOLUTE.finditer(line):
-                problems.append(f"docs/{page.name}:{no}: absolute path {m.group(1)!r}...")
+                problems.append(f"{_rel(page, root)}:{no}: absolute path {m.group(1)!r}...")
+    for f in _scanned_files(root):
+        if f in docs:
+            continue
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        for no, line in enumerate(text.splitlines(), start=1):
+            if SHARED_DIR in line:
+                problems.append(f"{_rel(f, root)}:{no}: mentions {SHARED_DIR!r}")
     return problems
 
 
-def check_config_keys(docs: Path = DOCS) -> list[str]:
+def config_sections() -> dict[str, list[str]]:
+    """``{"run": [keys], ..., "method-dmdl": [keys], "method-mult": [keys]}`` of the installed
+    package (``import dmdl`` registers the methods' sections)."""
+    import dataclasses
+
     sys.path.insert(0, str(ROOT))
     try:
-        from dmdl.config import Config
+        import dmdl  # noqa: F401  (registers the DMDL and MULT sections)
+        from dmdl.config import METHOD_CONFIGS, SHARED_SECTIONS
     finally:
         sys.path.pop(0)
-    text = (docs / "cli.md").read_text(encoding="utf-8")
-    return [f"docs/cli.md: config key `{f.name}` is not documented"
-            for f in dataclasses.fields(Config) if f"`{f.name}`" not in text]
+    out = {cls.section: [f.name for f in dataclasses.fields(cls)] for cls in SHARED_SECTIONS}
+    out.update({f"method-{name}": [f.name for f in dataclasses.fields(cls)]
+                for name, cls in sorted(METHOD_CONFIGS.items())})
+    return out
 
 
-def check_citation_map(docs: Path = DOCS) -> list[str]:
+def _key_tables(cli_md: Path) -> dict[str, str]:
+    """The text of docs/cli.md between each ``keys-<section>`` anchor and the next ``keys-`` anchor."""
+    text = cli_md.read_text(encoding="utf-8")
+    marks = [(m.start(), m.group(1)) for m in re.finditer(r"<a\s+id=\"keys-([\w-]+)\"\s*>", text)]
+    return {name: text[start:(marks[i + 1][0] if i + 1 < len(marks) else len(text))]
+            for i, (start, name) in enumerate(marks)}
+
+
+def check_config_keys(root: Path = ROOT, sections: dict[str, list[str]] | None = None) -> list[str]:
+    """Every key of every config section in a table row of its section in docs/cli.md."""
+    sections = config_sections() if sections is None else sections
+    tables = _key_tables(root / "docs" / "cli.md")
+    problems = []
+    for section, keys in sections.items():
+        if section not in tables:
+            problems.append(f"docs/cli.md: no table of the {section} keys (<a id=\"keys-{section}\">)")
+            continue
+        rows = [ln.split("|")[1] for ln in tables[section].splitlines() if ln.startswith("|") and ln.count("|") > 2]
+        for key in keys:
+            if not any(f"`{key}`" in cell for cell in rows):
+                problems.append(f"docs/cli.md: config key `{key}` ({section} section) is not in the table of "
+                                f"its section (#keys-{section})")
+    return problems
+
+
+def _anchor_table(root: Path, cache: dict, page: str) -> set[str] | None:
+    if page not in cache:
+        path = root / "docs" / page
+        cache[page] = anchors(path) if path.is_file() else None
+    return cache[page]
+
+
+def check_code_citations(root: Path = ROOT) -> list[str]:
+    """Every ``docs/<page>.md#<anchor>`` cited in the code (``CODE_DIRS``, setup.py, CMakeLists.txt)
+    and the anchors following it (``, #A5.5``, ``-#A12.4``) exist."""
+    cache: dict[str, set[str] | None] = {}
+    problems = []
+    for f in _scanned_files(root, CODE_DIRS + ("setup.py", "CMakeLists.txt")):
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        for no, line in enumerate(text.splitlines(), start=1):
+            for m in _CODE_CITATION.finditer(line):
+                table = _anchor_table(root, cache, m.group("page"))
+                if table is None:
+                    problems.append(f"{_rel(f, root)}:{no}: cites docs/{m.group('page')}, which does not exist")
+                    continue
+                for frag in [m.group("first")] + _MORE.findall(m.group("more")):
+                    frag = frag.rstrip(".")
+                    if frag not in table:
+                        problems.append(f"{_rel(f, root)}:{no}: cites docs/{m.group('page')}#{frag}, which does "
+                                        "not exist")
+    return problems
+
+
+def check_citation_map(root: Path = ROOT) -> list[str]:
+    """The targets of docs/_citations.tsv exist (when the file does)."""
+    docs = root / "docs"
     path = docs / "_citations.tsv"
     if not path.is_file():
         return []
@@ -159,17 +278,47 @@ def check_citation_map(docs: Path = DOCS) -> list[str]:
     return problems
 
 
-def check(docs: Path = DOCS) -> list[str]:
-    """Every problem found in ``docs``, one line each (empty when the docs are fine)."""
-    return check_links(docs) + check_paths(docs) + check_config_keys(docs) + check_citation_map(docs)
+def readme_commands(root: Path = ROOT) -> list[str]:
+    """The lines of the README's first code block (the set-up commands)."""
+    block, inside = [], False
+    for line in (root / "README.md").read_text(encoding="utf-8").splitlines():
+        if _FENCE.match(line):
+            if inside:
+                return block
+            inside = True
+            continue
+        if inside and line.strip():
+            block.append(line.strip())
+    return block
+
+
+def check_ci_command(root: Path = ROOT) -> list[str]:
+    """The README's second set-up command is a line of ``.ci/run``, verbatim."""
+    ci = root / ".ci" / "run"
+    if not ci.is_file():
+        return []
+    commands = readme_commands(root)
+    if len(commands) < 2:
+        return ["README.md: the first code block does not hold the two set-up commands"]
+    lines = [ln.strip() for ln in ci.read_text(encoding="utf-8").splitlines()]
+    if commands[1] not in lines:
+        return [f"README.md: the second set-up command is not the one .ci/run runs: {commands[1]!r}"]
+    return []
+
+
+CHECKS = (check_links, check_paths, check_config_keys, check_code_citations, check_citation_map, check_ci_command)
+
+
+def check(root: Path = ROOT) -> list[str]:
+    """Every problem found, one line each (empty when the docs are fine)."""
+    return [p for fn in CHECKS for p in fn(root)]
 
 
 def main() -> int:
     problems = check()
     for p in problems:
         print(p)
-    pages = len(list(DOCS.glob("*.md")))
-    print(f"check_docs: {pages} pages, {len(problems)} problem{'s' if len(problems) != 1 else ''}")
+    print(f"check_docs: {len(pages())} pages, {len(problems)} problem{'s' if len(problems) != 1 else ''}")
     return 1 if problems else 0
 
 
