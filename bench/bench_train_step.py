@@ -40,7 +40,8 @@ median over the rounds).
 
 At the end a table is printed (machine, threads, load average, both parts, the reference / forward
 step ratio) and written as JSON to ``bench/outputs/bench_train_step.json`` (``DMDL_BENCH_JSON``;
-``outputs/`` is git-ignored).
+``outputs/`` is git-ignored). On a shared machine, repeat the run and keep the fastest run of each
+row: ``python bench/summarize_train_step.py run1.json run2.json ...``.
 
     python -m pytest bench/bench_train_step.py                        # 2 threads, 3 iterations, 5 rounds
     DMDL_BENCH_THREADS=1 DMDL_BENCH_ITERS=5 DMDL_BENCH_ROUNDS=3 python -m pytest bench/bench_train_step.py
@@ -416,10 +417,12 @@ def machine() -> dict:
 
 def format_report(res: dict) -> str:
     m = res["machine"]
+    loads = m.get("load_averages", [(m["load_average_start"], m["load_average_end"])])  # one per run
+    load = "; ".join(f"{a[0]:.2f} -> {b[0]:.2f}" for a, b in loads)
+    runs = f", the fastest of {len(loads)} runs per row" if len(loads) > 1 else ""
     lines = [f"bench_train_step: {m['cpu']} ({m['capability']}), {m['threads']} torch threads, {m['cores']} cores, "
-             f"torch {m['torch']}; load average {m['load_average_start'][0]:.2f} at the start, "
-             f"{m['load_average_end'][0]:.2f} at the end; {m['data']}, training images per modality: "
-             f"{m['images_per_modality']}"]
+             f"torch {m['torch']}; 1-minute load average at the start -> end: {load}{runs}; {m['data']}, "
+             f"training images per modality: {m['images_per_modality']}"]
     if res["step"]:
         lines += ["", *step_table(res["step"], m["rounds"])]
     if res["epoch"]:
