@@ -206,6 +206,7 @@ class PresetState:
     ctx: object
     methods: dict
     probe: StepProbe
+    preset_iters: dict  # stage -> the preset's iterations per epoch (the projection of the epoch split)
     plans: dict = field(default_factory=dict)  # case name -> the plan its epoch built
 
 
@@ -241,7 +242,10 @@ def preset_state(preset: str, tmp: Path) -> PresetState:
             for rec in ctx.train[m]:
                 ctx.image_cache[rec.path] = read_image(rec.path)
     methods = {s: get_method(c)(ctx, c) for s, c in cfgs.items()}
-    _STATES[preset] = PresetState(cfg, ctx, methods, StepProbe(ctx.model))
+    from dmdl.config import load_config
+
+    sch = load_config(preset, []).schedule
+    _STATES[preset] = PresetState(cfg, ctx, methods, StepProbe(ctx.model), {s: sch.iters_for(s) for s in (1, 2)})
     return _STATES[preset]
 
 
@@ -291,7 +295,8 @@ def run_epoch_split(state: PresetState, case: Case, monkeypatch) -> dict:
         split[part] = sum(s[part] for s in steps)
     split["other"] = total - sum(split.values())
     split["total"] = total
-    return {"seconds": split, "iterations": len(steps), "loss": stats["loss"],
+    return {"seconds": split, "iterations": len(steps), "preset_iterations": state.preset_iters[case.stage],
+            "loss": stats["loss"],
             "phase_clock": {k: v for k, v in stats.items() if k.startswith("seconds_")}}
 
 
@@ -396,7 +401,8 @@ def test_train_step(benchmark, case, semantics, tmp_runs, monkeypatch):
     key = f"{case.name}-{semantics}"
     RESULTS["step"][key] = dict(
         _summary([p["step"] for p in parts]), case=case.name, semantics=semantics, input=list(x.shape),
-        bare=_summary(bare), split_median={k: statistics.median(p[k] for p in timed) for k in STEP_SPLIT})
+        bare=_summary(bare), split_median={k: statistics.median(p[k] for p in timed) for k in STEP_SPLIT},
+        step_over_backbone=statistics.median(p["step"] / (p["model fwd"] + p["model bwd"]) for p in timed))
     benchmark.extra_info.update(RESULTS["step"][key])
     assert losses and all(math.isfinite(v) for v in losses)
 
@@ -432,14 +438,15 @@ def format_report(res: dict) -> str:
 
 def step_table(steps: dict, rounds: int) -> list[str]:
     lines = [f"One training step against the bare backbone forward + backward on the same input, rounds interleaved "
-             f"(seconds, {rounds} rounds after {WARMUP} warm-up; ratio = step / bare; the step's split: medians)",
+             f"(seconds, {rounds} rounds after {WARMUP} warm-up; ratio = step / bare). The step's split (medians); "
+             "step/bb = the step over its own backbone forward + backward (median of the rounds' ratios)",
              f"{'case':<24}{'images':>7}{'step min':>10}{'median':>8}{'bare min':>10}{'median':>8}{'ratio min':>11}"
-             f"{'median':>8} |" + "".join(f"{k:>11}" for k in STEP_SPLIT)]
+             f"{'median':>8} |" + "".join(f"{k:>11}" for k in STEP_SPLIT) + f"{'step/bb':>9}"]
     for key, r in steps.items():
         b = r["bare"]
         lines.append(f"{key:<24}{r['input'][0]:>7}{r['min']:10.3f}{r['median']:8.3f}{b['min']:10.3f}{b['median']:8.3f}"
                      f"{r['min'] / b['min']:11.3f}{r['median'] / b['median']:8.3f} |"
-                     + "".join(f"{r['split_median'][k]:11.4f}" for k in STEP_SPLIT))
+                     + "".join(f"{r['split_median'][k]:11.4f}" for k in STEP_SPLIT) + f"{r['step_over_backbone']:9.3f}")
     lines.append("dmdl-stage1: both memory semantics give this step (each memory is read once)")
     for c in CASES:
         ref, fwd = steps.get(f"{c.name}-reference"), steps.get(f"{c.name}-forward")
@@ -461,4 +468,14 @@ def epoch_table(epochs: dict, iterations: int) -> list[str]:
                      + f"{s['total']:>16.2f}")
     for name, r in epochs.items():
         lines.append(f"{name}: the method's own PhaseClock {r['phase_clock']}")
+    lines += ["", "Projected to the preset's iterations per epoch (once-per-epoch parts as measured, per-iteration "
+              "parts scaled; an estimate, not a measurement)", f"{'case':<14}{'iters':>6}" + "".join(
+                  f"{k:>16}" for k in cols)]
+    for name, r in epochs.items():
+        s, scale = r["seconds"], r["preset_iterations"] / r["iterations"]
+        per_epoch = ("features", "jaccard+dbscan", "assoc+memory")
+        proj = {k: s[k] if k in per_epoch else s[k] * scale for k in cols[:-1]}
+        total = sum(proj.values())
+        lines.append(f"{name:<14}{r['preset_iterations']:>6}" + "".join(
+            f"{proj[k]:>9.2f} ({100 * proj[k] / total:3.0f}%)" for k in cols[:-1]) + f"{total:>16.2f}")
     return lines
