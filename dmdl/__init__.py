@@ -6,7 +6,7 @@ training methods' config sections (:mod:`dmdl.methods`), so that any config can 
 ``dmdl.FeatureExtractor`` (:mod:`dmdl.inference.extractor`) is imported on first use.
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 from dmdl import methods as _methods  # noqa: E402,F401  (registers DMDL's and MULT's config sections)
 from dmdl.lazy import lazy_attributes  # noqa: E402
