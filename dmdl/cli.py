@@ -138,7 +138,7 @@ def _wait_for_torchrun(proc) -> int:
     reaches torchrun and the workers from the terminal; this process keeps waiting for them.
 
     Returns:
-        143 after a SIGTERM, else torchrun's exit code.
+        143 after a SIGTERM, 130 after a Ctrl-C, else torchrun's exit code.
     """
     import signal
 
@@ -155,10 +155,10 @@ def _wait_for_torchrun(proc) -> int:
                 code = proc.wait()
                 break
             except KeyboardInterrupt:
-                continue
+                forwarded.append(signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 143 if forwarded else code
+    return 128 + forwarded[0] if forwarded else code
 
 
 def _cmd_train(args, extra) -> int:
