@@ -26,8 +26,8 @@ context in one step leaves the others running):
                   graph against the dense reference (dense distances, dense products).
 ``train_plain``   ``python -m dmdl.cli train --config regdb`` on a toy RegDB made here
                   (ResNet-50, AMP, ``--pretrained none``), stage 1 + stage 2 = two short epochs.
-``train_torchrun``  the same under ``torchrun --standalone --nproc-per-node 1`` (one process;
-                  the distributed path wherever the training detects torchrun's environment).
+``train_torchrun``  the same under ``torchrun --standalone --nproc-per-node 1`` (one process:
+                  the launcher and torchrun's environment; one process trains on the plain path).
 ``time_jaccard``  ``jaccard_distance`` at N 34,167, D 2048 against faiss-gpu kNN (faiss-cpu or
                   a torch GPU kNN when faiss-gpu is missing; recorded) plus the reference row
                   loops of ``bench/bench_jaccard.py`` (dense N x N, ~1-2 minutes): last, so
