@@ -280,3 +280,16 @@ class ReadTape:
                 objective = objective + (read.features * v).sum()
             self.memory.update(read.memory, read.features.detach(), read.labels, read.momentum)
         return objective
+
+
+def step_backward(loss: Tensor, tape: ReadTape | None = None) -> None:
+    """The backward of one step without an optimiser (the default of the methods' ``*_step``
+    functions; tests and tools use it): ``loss.backward()``, or under ``reference`` semantics the
+    backward of ``tape.objective(loss)`` (which also applies the read memories' updates).
+
+    Raises:
+        FloatingPointError: ``loss`` is NaN or infinite (nothing is updated).
+    """
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the loss is {loss.item()}; lower the learning rate (--lr)")
+    (loss if tape is None else tape.objective(loss)).backward()

@@ -24,10 +24,9 @@ import torch.nn.functional as F
 
 from dmdl.memories import CrossModalMemory
 from dmdl.methods.dmdl import DMDLConfig
-from dmdl.methods.dmdl.step import (EpochPlan, dmdl_losses, dmdl_memory_updates, dmdl_reference_losses,
-                                    shared_memory_updates)
+from dmdl.methods.dmdl.step import EpochPlan, dmdl_step
 from dmdl.methods.mult import MULTConfig
-from dmdl.methods.mult.step import MultPlan, mult_losses, mult_memory_updates, mult_reference_losses
+from dmdl.methods.mult.step import MultPlan, mult_step
 
 B, D, T = 4, 8, 0.05  # samples per modality (two views each for DMDL), feature size, temperature
 
@@ -154,14 +153,7 @@ def released_dmdl_stage2(out, y, w, plan, cfg: DMDLConfig):
 
 def ours_dmdl(out, y, w, plan, cfg, semantics):
     out = out.clone().requires_grad_()
-    if semantics == "reference":
-        loss, _, targets, tape = dmdl_reference_losses(out, y, w, plan, cfg)
-        tape.objective(loss).backward()
-        plan.memory.apply(shared_memory_updates(out, y, targets, plan, cfg))
-    else:
-        loss, _, targets = dmdl_losses(out, y, w, plan, cfg)
-        loss.backward()
-        plan.memory.apply(dmdl_memory_updates(out, y, targets, plan, cfg))
+    loss, _ = dmdl_step(out, y, w, plan, cfg, semantics)
     return loss.detach(), out.grad, {k: v.features for k, v in plan.memory.memories.items()}
 
 
@@ -299,13 +291,7 @@ def released_mult(f, hard, soft, plan):
 
 def ours_mult(f, hard, soft, plan, semantics):
     x = {k: v.clone().requires_grad_() for k, v in f.items()}
-    if semantics == "reference":
-        loss, _, tape = mult_reference_losses(x, hard, soft, plan, MULTConfig())
-        tape.objective(loss).backward()
-    else:
-        loss, _ = mult_losses(x, hard, soft, plan, MULTConfig())
-        loss.backward()
-        plan.memory.apply(mult_memory_updates(x, hard, plan))
+    loss, _ = mult_step(x, hard, soft, plan, MULTConfig(), semantics)
     return loss.detach(), torch.cat([x[k].grad for k in "var"]), {k: v.features for k, v in plan.memory.memories.items()}
 
 

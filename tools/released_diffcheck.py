@@ -93,10 +93,9 @@ from dmdl.config import parse_schedule  # noqa: E402
 from dmdl.losses import triplet_weight  # noqa: E402
 from dmdl.memories import CrossModalMemory  # noqa: E402
 from dmdl.methods.dmdl import DMDLConfig  # noqa: E402
-from dmdl.methods.dmdl.step import (EpochPlan, dmdl_losses, dmdl_memory_updates, dmdl_reference_losses,  # noqa: E402
-                                    shared_memory_updates)
+from dmdl.methods.dmdl.step import EpochPlan, dmdl_step  # noqa: E402
 from dmdl.methods.mult import MULTConfig  # noqa: E402
-from dmdl.methods.mult.step import MultPlan, mult_losses, mult_memory_updates, mult_reference_losses  # noqa: E402
+from dmdl.methods.mult.step import MultPlan, mult_step  # noqa: E402
 
 V, I = "visible", "infrared"
 
@@ -237,21 +236,14 @@ def released_dmdl(stage, epoch, lab, feats, batch, w, out0):
 
 
 def ours_dmdl(stage, epoch, lab, feats, batch, w, out0, semantics):
-    """Our step as DMDL.step runs it (dmdl/methods/dmdl/method.py:238-253)."""
+    """Our step: dmdl_step, as DMDL.step calls it."""
     cfg = DMDLConfig()
     memory = build_dmdl_memory(stage, lab, feats)
     plan = dmdl_plan(stage, epoch, lab, memory, cfg)
     out = torch.tensor(out0, dtype=torch.float32).requires_grad_()
     y = {m: torch.as_tensor(np.concatenate([batch[m], batch[m]])) for m in (V, I)}
     wt = {m: torch.tensor(np.tile(w[m], 2), dtype=torch.float32) for m in (V, I)}
-    if semantics == "reference" and stage == 2:
-        loss, _, targets, tape = dmdl_reference_losses(out, y, wt, plan, cfg)
-        tape.objective(loss).backward()
-        memory.apply(shared_memory_updates(out, y, targets, plan, cfg))
-    else:
-        loss, _, targets = dmdl_losses(out, y, wt, plan, cfg)
-        loss.backward()
-        memory.apply(dmdl_memory_updates(out, y, targets, plan, cfg))
+    loss, _ = dmdl_step(out, y, wt, plan, cfg, semantics)
     return loss.detach(), out.grad.clone(), {k: v.features.detach().clone() for k, v in memory.memories.items()}
 
 
@@ -307,19 +299,13 @@ def released_mult(stage, epoch, cent, f0, hard, soft):
 
 
 def ours_mult(stage, epoch, cent, f0, hard, soft, semantics):
-    """Our step as MULT.step runs it (dmdl/methods/mult/method.py:184-192)."""
+    """Our step: mult_step, as MULT.step calls it."""
     memory = mult_memory(cent)
     h = {k: torch.as_tensor(v) for k, v in hard.items()}
     s = {k: torch.tensor(v, dtype=torch.float32) for k, v in soft.items()}
     plan = MultPlan(stage, None if stage == 1 else ("rgb" if epoch % 2 == 0 else "ir"), memory, h, s, {})
     x = {k: torch.tensor(v, dtype=torch.float32).requires_grad_() for k, v in f0.items()}
-    if semantics == "reference":
-        loss, _, tape = mult_reference_losses(x, h, s, plan, MULTConfig())
-        tape.objective(loss).backward()
-    else:
-        loss, _ = mult_losses(x, h, s, plan, MULTConfig())
-        loss.backward()
-        memory.apply(mult_memory_updates(x, h, plan))
+    mult_step(x, h, s, plan, MULTConfig(), semantics)
     return torch.cat([x[k].grad for k in "var"]), {k: v.features.detach().clone() for k, v in memory.memories.items()}
 
 

@@ -39,8 +39,7 @@ from dmdl.data.sampler import PseudoIdentitySampler, shared_identity_order
 from dmdl.data.transforms import train_views
 from dmdl.losses import triplet_weight
 from dmdl.memories import CrossModalMemory
-from dmdl.methods.dmdl.step import (EpochPlan, certainty_rows, dmdl_losses, dmdl_memory_updates, dmdl_reference_losses,
-                                   shared_memory_updates)
+from dmdl.methods.dmdl.step import EpochPlan, certainty_rows, dmdl_step
 from dmdl.modalities import INFRARED, MODALITIES, VISIBLE
 from dmdl.pseudo_labels import associate, certainty, ground_truth_unified, nearest_sample_matching
 from dmdl.training.context import RunContext
@@ -241,16 +240,9 @@ class DMDL:
         n = len(y[VISIBLE])
         out = forward_views(self.ctx, views, torch.arange(2 * n) >= n)
         where = f"stage {plan.stage} epoch {plan.epoch}"
-        with self.ctx.loss_precision():
-            if self.cfg.run.memory_semantics == "reference" and plan.stage == 2:
-                loss, parts, targets, tape = dmdl_reference_losses(out, y, w, plan, self.dmdl)
-            else:  # stage 1 reads every memory once: both semantics give this step
-                (loss, parts, targets), tape = dmdl_losses(out, y, w, plan, self.dmdl), None
-        optimizer_step(self.ctx, loss, where, tape)  # with a tape: the released backward, memories updated
-        if tape is None:
-            plan.memory.apply(dmdl_memory_updates(out, y, targets, plan, self.dmdl))  # the documented order
-        else:
-            plan.memory.apply(shared_memory_updates(out, y, targets, plan, self.dmdl))
+        loss, parts = dmdl_step(out, y, w, plan, self.dmdl, self.cfg.run.memory_semantics,
+                                backward=lambda loss, tape: optimizer_step(self.ctx, loss, where, tape),
+                                precision=self.ctx.loss_precision)
         res = {k: v.item() for k, v in parts.items()}
         res["loss"] = loss.item()
         return res

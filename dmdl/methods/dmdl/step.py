@@ -36,7 +36,9 @@ Two memory semantics (the run's ``memory_semantics``):
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dmdl.losses import cai_loss, cai_loss_from_logits, mmd_loss, refined_targets, topk_prediction, triplet_loss
-from dmdl.memories import CrossModalMemory, MemoryUpdate, ReadTape
+from dmdl.memories import CrossModalMemory, MemoryUpdate, ReadTape, step_backward
 from dmdl.methods.dmdl.config import DMDLConfig
 from dmdl.modalities import INFRARED, MODALITIES, VISIBLE, other
 
@@ -257,6 +259,40 @@ def dmdl_reference_losses(features: Tensor, y: dict, w: dict, plan: EpochPlan,
     return loss, parts, targets, tape
 
 
+def dmdl_step(features: Tensor, y: dict, w: dict, plan: EpochPlan, cfg: DMDLConfig, semantics: str,
+              backward: Callable[[Tensor, ReadTape | None], None] = step_backward,
+              precision: Callable[[], AbstractContextManager] = nullcontext) -> tuple[Tensor, dict]:
+    """One DMDL step after the forward: the losses under ``semantics`` (``reference`` in stage 2:
+    :func:`dmdl_reference_losses`; otherwise :func:`dmdl_losses`, stage 1 reading every memory
+    once), the backward, and every memory update in its order (module docstring).
+
+    Args:
+        features, y, w, plan, cfg: as :func:`dmdl_losses`.
+        semantics: ``"reference"`` or ``"forward"`` (the run's ``memory_semantics``).
+        backward: ``backward(loss, tape)`` runs the backward (``tape`` None under ``forward``);
+            the trainer passes its optimiser step, the default is :func:`dmdl.memories.step_backward`.
+        precision: the context the losses are computed in (the run's loss autocast); the backward
+            runs outside it.
+
+    Returns:
+        (loss, parts): the scalar loss and its float32 terms, as :func:`dmdl_losses`.
+
+    Raises:
+        FloatingPointError: from ``backward``, a non-finite loss (no memory is updated).
+    """
+    with precision():
+        if semantics == "reference" and plan.stage == 2:
+            loss, parts, targets, tape = dmdl_reference_losses(features, y, w, plan, cfg)
+        else:  # stage 1 reads every memory once: both semantics give this step
+            (loss, parts, targets), tape = dmdl_losses(features, y, w, plan, cfg), None
+    backward(loss, tape)  # with a tape: the released backward, the read memories updated
+    if tape is None:
+        plan.memory.apply(dmdl_memory_updates(features, y, targets, plan, cfg))  # the documented order
+    else:
+        plan.memory.apply(shared_memory_updates(features, y, targets, plan, cfg))
+    return loss, parts
+
+
 def certainty_rows(w: np.ndarray, labels: np.ndarray) -> Tensor:
     """(N_labelled,) float32 certainties of the labelled samples (label >= 0), in dataset order:
     the loader's ``index`` looks them up."""
@@ -264,4 +300,4 @@ def certainty_rows(w: np.ndarray, labels: np.ndarray) -> Tensor:
 
 
 __all__ = ["EpochPlan", "split_modalities", "dmdl_losses", "dmdl_reference_losses", "shared_memory_updates",
-           "dmdl_memory_updates", "certainty_rows"]
+           "dmdl_memory_updates", "dmdl_step", "certainty_rows"]

@@ -35,7 +35,7 @@ from dmdl.data.loading import ImageListDataset, TwoViewDataset
 from dmdl.data.mult_sampler import cross_stage_batches, single_stage_batches
 from dmdl.data.transforms_mult import mult_train_views
 from dmdl.memories import CrossModalMemory
-from dmdl.methods.mult.step import MultPlan, mult_losses, mult_memory_updates, mult_reference_losses
+from dmdl.methods.mult.step import MultPlan, mult_step
 from dmdl.modalities import INFRARED, MODALITIES, VISIBLE
 from dmdl.pseudo_labels import ground_truth_labels
 from dmdl.pseudo_labels.mult import dbscan_centers, mult_label_transfer, mult_soft_labels
@@ -182,14 +182,9 @@ class MULT:
         hard = {k: plan.hard[k][rows[k]].to(dev) for k in plan.hard}
         soft_rows = {"y1": idx_v, "cm_y1": idx_v, "y2": idx_r, "cm_y2": idx_r}
         soft = {k: v[soft_rows[k].to(dev)] for k, v in plan.soft.items()}
-        with self.ctx.loss_precision():
-            if self.cfg.run.memory_semantics == "reference":
-                loss, parts, tape = mult_reference_losses(f, hard, soft, plan, self.mult)
-            else:
-                (loss, parts), tape = mult_losses(f, hard, soft, plan, self.mult), None
-        optimizer_step(self.ctx, loss, f"stage {plan.stage}", tape)  # with a tape: the released backward
-        if tape is None:
-            plan.memory.apply(mult_memory_updates(f, hard, plan))  # after backward: the forward-time memories
+        loss, parts = mult_step(f, hard, soft, plan, self.mult, self.cfg.run.memory_semantics,
+                                backward=lambda loss, tape: optimizer_step(self.ctx, loss, f"stage {plan.stage}", tape),
+                                precision=self.ctx.loss_precision)
         res = {"loss": float(loss.detach())}
         res.update({k: float(v.detach()) for k, v in parts.items()})
         return res

@@ -36,13 +36,15 @@ Two memory semantics (the run's ``memory_semantics``):
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Callable
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from dmdl.losses import oclr_loss, soft_cross_entropy
-from dmdl.memories import CrossModalMemory, MemoryUpdate, ReadTape
+from dmdl.memories import CrossModalMemory, MemoryUpdate, ReadTape, step_backward
 from dmdl.methods.mult.config import MULTConfig
 
 
@@ -175,4 +177,36 @@ def mult_memory_updates(f: dict, hard: dict, plan: MultPlan) -> list[MemoryUpdat
                MemoryUpdate(agg, f["r"], hard[h_ir])])
 
 
-__all__ = ["MultPlan", "mult_losses", "mult_reference_losses", "mult_memory_updates"]
+def mult_step(f: dict, hard: dict, soft: dict, plan: MultPlan, cfg: MULTConfig, semantics: str,
+              backward: Callable[[Tensor, ReadTape | None], None] = step_backward,
+              precision: Callable[[], AbstractContextManager] = nullcontext) -> tuple[Tensor, dict]:
+    """One MULT step after the forward: the losses under ``semantics``
+    (:func:`mult_reference_losses` or :func:`mult_losses`), the backward, and every memory update
+    in its order (module docstring).
+
+    Args:
+        f, hard, soft, plan, cfg: as :func:`mult_losses`.
+        semantics: ``"reference"`` or ``"forward"`` (the run's ``memory_semantics``).
+        backward: ``backward(loss, tape)`` runs the backward (``tape`` None under ``forward``);
+            the trainer passes its optimiser step, the default is :func:`dmdl.memories.step_backward`.
+        precision: the context the losses are computed in (the run's loss autocast); the backward
+            runs outside it.
+
+    Returns:
+        (loss, parts): as :func:`mult_losses`.
+
+    Raises:
+        FloatingPointError: from ``backward``, a non-finite loss (no memory is updated).
+    """
+    with precision():
+        if semantics == "reference":
+            loss, parts, tape = mult_reference_losses(f, hard, soft, plan, cfg)
+        else:
+            (loss, parts), tape = mult_losses(f, hard, soft, plan, cfg), None
+    backward(loss, tape)  # with a tape: the released backward, every memory updated
+    if tape is None:
+        plan.memory.apply(mult_memory_updates(f, hard, plan))  # after backward: the forward-time memories
+    return loss, parts
+
+
+__all__ = ["MultPlan", "mult_losses", "mult_reference_losses", "mult_memory_updates", "mult_step"]
