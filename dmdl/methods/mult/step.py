@@ -186,17 +186,15 @@ def mult_step(f: dict, hard: dict, soft: dict, plan: MultPlan, cfg: MULTConfig, 
 
     Args:
         f, hard, soft, plan, cfg: as :func:`mult_losses`.
-        semantics: ``"reference"`` or ``"forward"`` (the run's ``memory_semantics``).
-        backward: ``backward(loss, tape)`` runs the backward (``tape`` None under ``forward``);
-            the trainer passes its optimiser step, the default is :func:`dmdl.memories.step_backward`.
-        precision: the context the losses are computed in (the run's loss autocast); the backward
-            runs outside it.
+        semantics, backward, precision: the run's ``memory_semantics``, the backward (the
+            trainer's optimiser step; default :func:`dmdl.memories.step_backward`) and the losses'
+            autocast context, as in DMDL's ``dmdl_step``.
 
     Returns:
         (loss, parts): as :func:`mult_losses`.
 
     Raises:
-        FloatingPointError: from ``backward``, a non-finite loss (no memory is updated).
+        FloatingPointError: a non-finite loss, from ``backward`` (no memory is updated).
     """
     with precision():
         if semantics == "reference":
