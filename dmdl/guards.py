@@ -3,12 +3,14 @@
 - :func:`check_clustering`: DBSCAN that finds no cluster, fewer than ``min_clusters`` (one
   cluster: every image has the same label, the identity loss is 0 and nothing is learned), or
   leaves more than ``max_outlier_share`` of a modality as outliers (not trained on).
+- :func:`require_finite_loss`: stop a step whose loss is NaN or infinite, before anything is updated.
 - :func:`non_finite_loss_message`: what to say when the loss is NaN or infinite.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from dmdl.errors import TrainingError
 
@@ -52,6 +54,17 @@ def check_clustering(labels: np.ndarray, *, what: str, where: str, eps: float, k
     return None
 
 
+def require_finite_loss(loss: torch.Tensor, where: str | None = None) -> None:
+    """Raise before a step's backward when its scalar ``loss`` is NaN or infinite.
+
+    Raises:
+        FloatingPointError: ``"[where: ]the loss is nan; lower the learning rate (--lr)"``.
+    """
+    if not torch.isfinite(loss):
+        prefix = f"{where}: " if where else ""
+        raise FloatingPointError(f"{prefix}the loss is {loss.item()}; lower the learning rate (--lr)")
+
+
 def non_finite_loss_message(detail: str, checkpoint: str | None, resume_dir: str, lr: float) -> str:
     """The error for a NaN / inf loss: where it happened, the last good checkpoint, what to do."""
     detail = detail.replace("; lower the learning rate (--lr)", "")  # said below, with the numbers
@@ -65,4 +78,4 @@ def non_finite_loss_message(detail: str, checkpoint: str | None, resume_dir: str
     return f"non-finite loss at {detail}; {last}; {todo}"
 
 
-__all__ = ["check_clustering", "non_finite_loss_message"]
+__all__ = ["check_clustering", "require_finite_loss", "non_finite_loss_message"]

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dmdl.guards import require_finite_loss
 from dmdl.modalities import MODALITIES
 from dmdl.ops.memory import ClusterMemory, cluster_centroids
 
@@ -270,8 +271,7 @@ class ReadTape:
         Raises:
             FloatingPointError: ``loss`` is NaN or infinite (nothing is updated).
         """
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss is {loss.item()}; lower the learning rate (--lr)")
+        require_finite_loss(loss)
         grads = torch.autograd.grad(loss, [r.logits for r in self.reads], retain_graph=True, allow_unused=True)
         objective = loss
         for read, g in reversed(list(zip(self.reads, grads))):
@@ -290,6 +290,5 @@ def step_backward(loss: Tensor, tape: ReadTape | None = None) -> None:
     Raises:
         FloatingPointError: ``loss`` is NaN or infinite (nothing is updated).
     """
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"the loss is {loss.item()}; lower the learning rate (--lr)")
+    require_finite_loss(loss)
     (loss if tape is None else tape.objective(loss)).backward()

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from dmdl.config import ClusteringConfig
-from dmdl.guards import check_clustering
+from dmdl.guards import check_clustering, require_finite_loss
 from dmdl.memories import ReadTape
 from dmdl.modalities import MODALITIES
 from dmdl.models.ghost_bn import replica_forward, replica_order
@@ -163,8 +163,7 @@ def optimizer_step(ctx: RunContext, loss: Tensor, where: str, tape: ReadTape | N
         FloatingPointError: the loss is NaN or infinite (``where`` names the moment); nothing is
             stepped or updated.
     """
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"{where}: the loss is {loss.item()}; lower the learning rate (--lr)")
+    require_finite_loss(loss, where)
     objective = loss if tape is None else tape.objective(loss)
     ctx.optimizer.zero_grad(set_to_none=True)
     ctx.scaler.scale(objective).backward()
